@@ -1,0 +1,51 @@
+"""The one feature function, used online by the server and offline by evaluation.
+
+For a decision with query vector ``q`` (d numbers: the mean content vector of the unit's seed items), context
+``c`` (C numbers, in the experiment's configured key order) and candidate content vectors ``v`` (K rows of d),
+the features of candidate ``v`` are the concatenation of
+
+1. ``q * v``: elementwise query-item affinity (d columns), so a linear model learns which taste dimensions matter;
+2. ``v``: the item's content alone (d columns), for content-level quality;
+3. ``c_j * v`` for each context value ``c_j`` (C times d columns), so context changes which content is preferred;
+4. ``1``: a bias column.
+
+That is ``F = (2 + C) * d + 1`` columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def feature_dim(embedding_dim: int, num_context: int) -> int:
+    """Number of feature columns for d-dimensional content vectors and C context values."""
+    return (2 + num_context) * embedding_dim + 1
+
+
+def build_features(query: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Build the K-by-F feature matrix of one decision.
+
+    Parameters
+    ----------
+    query
+        Query content vector, d numbers.
+    items
+        Candidate content vectors, K rows of d.
+    context
+        Context values, C numbers in configured key order.
+
+    Returns
+    -------
+    numpy.ndarray
+        K rows of ``(2 + C) * d + 1`` float64 features.
+    """
+    items = np.asarray(items, dtype=np.float64)
+    query = np.asarray(query, dtype=np.float64)
+    context = np.asarray(context, dtype=np.float64)
+    if items.ndim != 2 or query.shape != (items.shape[1],):
+        raise ValueError(f"query must have the items' dimension; got query {query.shape}, items {items.shape}")
+    if context.ndim != 1:
+        raise ValueError(f"context must be a vector, got shape {context.shape}")
+    k = items.shape[0]
+    contextual = (context[None, :, None] * items[:, None, :]).reshape(k, -1)
+    return np.hstack([query * items, items, contextual, np.ones((k, 1))])

@@ -1,0 +1,132 @@
+"""The joined decision log: its Parquet schema, writing records, reading and validating files.
+
+One row per decision. Columns (lists are in slot order unless noted):
+
+=====================  ======================  =========================================================
+column                 type                    meaning
+=====================  ======================  =========================================================
+event_id               string                  decision id returned by Recommend
+decided_at, joined_at  timestamp[ms, UTC]      when the decision was made, when its reward window closed
+unit_id, surface       string                  the request's assignment unit and surface
+experiment, variant    string                  assignment
+policy                 string                  policy type (``epsilon_greedy``, ``linucb``)
+policy_version         string                  version of the policy snapshot that ranked
+index_version          string                  version of the index artifact that retrieved
+emerging_rule          string                  JSON of the emerging-creator rule, threshold included
+context_keys           list<string>            context feature names, in feature order
+context_values         list<double>            the values used (0.0 for keys the request omitted)
+seed_item_ids          list<string>            the request's seed items (they define the query)
+exclude_item_ids       list<string>            the request's exclusions
+candidate_ids          list<string>            retrieved candidates, in retrieval order
+item_ids, creator_ids  list<string>            served items and their creators
+propensities           list<double>            P(item at slot k | items in slots before k), in (0, 1]
+slate_probability      double                  product of the propensities
+emerging               list<bool>              emerging flag of each served item
+rewards                list<double>            joined reward per slot (the default where none arrived)
+reward_observed        list<bool>              whether a reward arrived for that slot
+default_reward         double                  the reward used for slots without one
+=====================  ======================  =========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_STR_LIST = pa.list_(pa.string())
+_F64_LIST = pa.list_(pa.float64())
+_TIME = pa.timestamp("ms", tz="UTC")
+SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("decided_at", _TIME),
+        ("joined_at", _TIME),
+        ("unit_id", pa.string()),
+        ("surface", pa.string()),
+        ("experiment", pa.string()),
+        ("variant", pa.string()),
+        ("policy", pa.string()),
+        ("policy_version", pa.string()),
+        ("index_version", pa.string()),
+        ("emerging_rule", pa.string()),
+        ("context_keys", _STR_LIST),
+        ("context_values", _F64_LIST),
+        ("seed_item_ids", _STR_LIST),
+        ("exclude_item_ids", _STR_LIST),
+        ("candidate_ids", _STR_LIST),
+        ("item_ids", _STR_LIST),
+        ("creator_ids", _STR_LIST),
+        ("propensities", _F64_LIST),
+        ("slate_probability", pa.float64()),
+        ("emerging", pa.list_(pa.bool_())),
+        ("rewards", _F64_LIST),
+        ("reward_observed", pa.list_(pa.bool_())),
+        ("default_reward", pa.float64()),
+    ]
+)
+
+
+class LogError(ValueError):
+    """A log file is unreadable or malformed; the message names the file, the column and the first bad row."""
+
+
+def records_to_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+    """Joined records (dicts with the schema's keys; times as epoch milliseconds) to an Arrow table."""
+    return pa.Table.from_pylist(list(records), schema=SCHEMA)
+
+
+@dataclass(frozen=True)
+class DecisionLog:
+    """Decoded log columns, one entry per decision (lists hold one Python list per decision)."""
+
+    columns: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.columns["event_id"])
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return self.columns[name]
+
+    def where(self, keep: np.ndarray) -> DecisionLog:
+        """The decisions where ``keep`` (one boolean per decision) is true."""
+        idx = np.flatnonzero(keep)
+        return DecisionLog({k: [v[i] for i in idx] for k, v in self.columns.items()})
+
+
+def read_logs(path: Path) -> DecisionLog:
+    """Read a Parquet file or a directory of them and validate it; problems raise ``LogError``."""
+    if not path.exists():
+        raise LogError(f"{path}: no such file or directory")
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise LogError(f"{path}: no .parquet files")
+    tables = []
+    for file in files:
+        try:
+            table = pq.read_table(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise LogError(f"{file}: cannot read Parquet: {exc}") from exc
+        missing = [name for name in SCHEMA.names if name not in table.column_names]
+        if missing:
+            raise LogError(f"{file}: missing column(s) {', '.join(missing)}")
+        _validate(file, table)
+        tables.append(table.select(SCHEMA.names).cast(SCHEMA))
+    table = pa.concat_tables(tables)
+    return DecisionLog({name: table.column(name).to_pylist() for name in SCHEMA.names})
+
+
+def _validate(file: Path, table: pa.Table) -> None:
+    props, rewards, items = (table.column(c).to_pylist() for c in ("propensities", "rewards", "item_ids"))
+    for row, (p, r, i) in enumerate(zip(props, rewards, items, strict=True)):
+        if p is None or r is None or i is None or not len(p) == len(r) == len(i):
+            raise LogError(f"{file}: row {row}: item_ids, propensities and rewards must have one entry per slot")
+        if not all(x is not None and 0.0 < x <= 1.0 for x in p):
+            raise LogError(f"{file}: column propensities: row {row} has a value outside (0, 1]: {p}")
+        if not all(x is not None and np.isfinite(x) for x in r):
+            raise LogError(f"{file}: column rewards: row {row} has a missing or non-finite value: {r}")

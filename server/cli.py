@@ -1,0 +1,195 @@
+"""The ``scout`` command line: demo, world, build, serve, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("scout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scout`` console script."""
+    parser = argparse.ArgumentParser(prog="scout", description="Scout: retrieve, explore, evaluate offline.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the whole loop on a synthetic world and evaluate offline",
+                               description="Build a synthetic world and its index, serve it on an embedded Redis, "
+                               "drive simulated users over gRPC, export the joined logs and estimate a different "
+                               "policy's value offline next to the world's true value.")
+    demo.add_argument("--dir", type=Path, default=Path(".scout/demo"), help="working directory (default .scout/demo)")
+    demo.add_argument("--decisions", type=int, default=20000, help="Recommend calls to make (default 20000)")
+    demo.add_argument("--items", type=int, default=20000, help="catalog size (default 20000)")
+    demo.add_argument("--concurrency", type=int, default=8, help="simulated users in flight (default 8)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the world and the simulation (default 0)")
+
+    world = commands.add_parser("world", help="write a synthetic world's catalog to Parquet",
+                                description="Generate a synthetic world and write its catalog as Parquet.")
+    world.add_argument("--out", type=Path, required=True, help="catalog file to write (.parquet)")
+    world.add_argument("--items", type=int, default=20000, help="number of items (default 20000)")
+    world.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+
+    build = commands.add_parser("build", help="catalog -> content embeddings -> FAISS index artifact",
+                                description="Encode a catalog's content signals with the torch content encoder and "
+                                "write a versioned FAISS index artifact directory.")
+    build.add_argument("--catalog", type=Path, required=True, help="catalog Parquet file")
+    build.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default auto)")
+    build.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
+    build.add_argument("--batch-size", type=int, default=4096, help="items per encoding batch (default 4096)")
+    build.add_argument("--seed", type=int, default=0, help="encoder seed (default 0)")
+
+    serve = commands.add_parser("serve", help="serve the Recommender gRPC API",
+                                description="Serve Recommend and Reward over gRPC with health checking and "
+                                "reflection, plus the joiner, learner and exporter loops.")
+    serve.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
+    serve.add_argument("--port", type=int, help="port to listen on (0 picks a free one)")
+    serve.add_argument("--index", type=Path, help="index artifact directory")
+    serve.add_argument("--no-background", action="store_true",
+                       help="serve requests only; run the joiner, learner and exporter elsewhere")
+
+    evaluate = commands.add_parser("evaluate", help="estimate a policy's value from exported logs",
+                                   description="Replay exported logs with a target policy and print IPS, SNIPS "
+                                   "and DR estimates of its expected slate reward with bootstrap intervals.")
+    evaluate.add_argument("--logs", type=Path, required=True, help="Parquet log file or directory")
+    evaluate.add_argument("--index", type=Path, required=True, help="the index artifact the logs were made with")
+    evaluate.add_argument("--snapshot", type=Path, help="policy snapshot file (learned state) to evaluate")
+    evaluate.add_argument("--policy", help="policy type to evaluate (fresh unless --snapshot is given)")
+    evaluate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                          help="policy parameter, repeatable (overrides the snapshot's)")
+    evaluate.add_argument("--variant", help="only decisions logged by this variant")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from server.demo import DemoConfig, run_demo
+
+    config = DemoConfig(args.dir, args.decisions, args.items, args.concurrency, args.seed)
+    return asyncio.run(run_demo(config))
+
+
+def _world(args: argparse.Namespace) -> None:
+    from embeddings.catalog import write_catalog
+    from offline_eval.world import SyntheticWorld, WorldConfig
+
+    world = SyntheticWorld(WorldConfig(num_items=args.items, num_creators=max(1, args.items // 20), seed=args.seed))
+    write_catalog(world.catalog, args.out)
+    log.info("wrote %d items to %s", len(world.catalog), args.out)
+
+
+def _build(args: argparse.Namespace) -> None:
+    from embeddings.builder import build_artifact
+    from embeddings.catalog import read_catalog
+    from embeddings.encoder import EncoderConfig
+
+    config = EncoderConfig(dim=args.dim, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    artifact = build_artifact(read_catalog(args.catalog), config, progress=True)
+    artifact.save(args.out)
+    print(json.dumps(artifact.manifest, indent=2))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from server.app import start_server
+    from server.settings import load_settings
+
+    settings = load_settings(args.config)
+    if args.port is not None:
+        settings = replace(settings, server=replace(settings.server, port=args.port))
+    if args.index is not None:
+        settings = replace(settings, index=args.index)
+
+    async def serve() -> None:
+        server = await start_server(settings, background=not args.no_background)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening on port %d; Ctrl-C to stop", server.port)
+        await stop.wait()
+        log.info("shutting down: draining requests and flushing logs")
+        await server.stop()
+
+    asyncio.run(serve())
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from bandits.registry import create_policy, load_policy
+    from embeddings.index import IndexArtifact
+    from offline_eval.evaluation import evaluate
+    from offline_eval.logs import read_logs
+
+    if args.snapshot is None and args.policy is None:
+        raise ValueError("give --snapshot FILE, --policy NAME, or both")
+    index = IndexArtifact.load(args.index)
+    log_data = read_logs(args.logs)
+    if args.variant:
+        log_data = log_data.where(np.array(log_data["variant"]) == args.variant)
+        if len(log_data) == 0:
+            raise ValueError(f"--variant {args.variant!r}: no decisions of that variant in {args.logs}")
+    params = _parse_params(args.param)
+    if args.snapshot is not None:
+        target = load_policy(args.snapshot.read_bytes(), params)
+    else:
+        keys = log_data["context_keys"][0] if len(log_data) else []
+        from bandits.features import feature_dim
+
+        target = create_policy(args.policy, feature_dim(index.dim, len(keys)), params)
+    result = evaluate(log_data, index, target, bootstrap=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(json.dumps({"target": {"policy": target.name, "params": target.params(), "version": target.version},
+                          "estimates": [asdict(e) for e in result.estimates],
+                          "diagnostics": asdict(result.diagnostics)}, indent=2))
+        return
+    print(f"target: {target.name} {target.params()} (version {target.version}) on {len(log_data)} decisions")
+    print(format_estimates(result.estimates))
+    for warning in result.diagnostics.warnings:
+        print(f"warning: {warning}")
+
+
+def format_estimates(estimates: Any, truth: float | None = None) -> str:
+    """A small text table of estimates (and the true value, when known)."""
+    lines = [f"{'estimator':<12}{'estimate':>10}   {'95% interval':<22}"]
+    for e in estimates:
+        lines.append(f"{e.estimator:<12}{e.value:>10.4f}   [{e.lower:.4f}, {e.upper:.4f}]")
+    if truth is not None:
+        lines.append(f"{'true value':<12}{truth:>10.4f}   (known to the synthetic world)")
+    return "\n".join(lines)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+COMMANDS = {"demo": _demo, "world": _world, "build": _build, "serve": _serve, "evaluate": _evaluate}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("unit_id", "surface", "num_items", "context", "seed_item_ids", "exclude_item_ids")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    UNIT_ID_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SEED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    unit_id: str
+    surface: str
+    num_items: int
+    context: _containers.ScalarMap[str, float]
+    seed_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unit_id: _Optional[str] = ..., surface: _Optional[str] = ..., num_items: _Optional[int] = ..., context: _Optional[_Mapping[str, float]] = ..., seed_item_ids: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("item_id", "creator_id", "position", "score", "propensity", "emerging")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    EMERGING_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    creator_id: str
+    position: int
+    score: float
+    propensity: float
+    emerging: bool
+    def __init__(self, item_id: _Optional[str] = ..., creator_id: _Optional[str] = ..., position: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., emerging: _Optional[bool] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("event_id", "experiment", "variant", "policy", "policy_version", "items", "slate_probability", "index_version")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SLATE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    experiment: str
+    variant: str
+    policy: str
+    policy_version: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    slate_probability: float
+    index_version: str
+    def __init__(self, event_id: _Optional[str] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., policy: _Optional[str] = ..., policy_version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., slate_probability: _Optional[float] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class RewardRequest(_message.Message):
+    __slots__ = ("event_id", "item_id", "value")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    item_id: str
+    value: float
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
+class RewardResponse(_message.Message):
+    __slots__ = ("accepted", "duplicate")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,106 @@
+"""gRPC handlers: convert the request, call the domain code, convert back; errors map to status codes here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import redis
+
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ScoutError
+from server.pb import scout_pb2, scout_pb2_grpc
+from server.recommender import MAX_ID_LENGTH, Recommender, RecommendInput
+from server.settings import JoinSettings
+from server.store import CLOSED, DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
+
+log = logging.getLogger(__name__)
+Response = TypeVar("Response")
+
+
+def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Turn typed errors into their status code; Redis outages into UNAVAILABLE; anything else into INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except ScoutError as exc:
+            await context.abort(exc.code, str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("%s: redis unavailable: %s", handler.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry")
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+class RecommenderService(scout_pb2_grpc.RecommenderServicer):
+    """The ``scout.v1.Recommender`` service."""
+
+    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings) -> None:
+        self.recommender, self.store, self.join = recommender, store, join
+
+    @_status
+    async def Recommend(  # noqa: N802 - gRPC method name
+        self, request: scout_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> scout_pb2.RecommendResponse:
+        """Assign, retrieve, rank, log the decision, answer with the slate."""
+        decision = self.recommender.decide(
+            RecommendInput(
+                unit_id=request.unit_id,
+                surface=request.surface,
+                num_items=request.num_items,
+                context=dict(request.context),
+                seed_item_ids=tuple(request.seed_item_ids),
+                exclude_item_ids=tuple(request.exclude_item_ids),
+            )
+        )
+        record = decision.record
+        due = record["decided_at"] + int(self.join.reward_window_s * 1000)
+        await self.store.record_decision(record, due, self.join.decision_stream_maxlen)
+        items = [
+            scout_pb2.RecommendedItem(
+                item_id=item, creator_id=creator, position=k, score=score, propensity=p, emerging=emerging
+            )
+            for k, (item, creator, score, p, emerging) in enumerate(
+                zip(record["item_ids"], record["creator_ids"], decision.scores, record["propensities"],
+                    record["emerging"], strict=True)
+            )
+        ]
+        return scout_pb2.RecommendResponse(
+            event_id=record["event_id"],
+            experiment=record["experiment"],
+            variant=record["variant"],
+            policy=record["policy"],
+            policy_version=record["policy_version"],
+            items=items,
+            slate_probability=record["slate_probability"],
+            index_version=record["index_version"],
+        )
+
+    @_status
+    async def Reward(  # noqa: N802 - gRPC method name
+        self, request: scout_pb2.RewardRequest, context: grpc.aio.ServicerContext
+    ) -> scout_pb2.RewardResponse:
+        """Validate and record a reward for one served item; duplicates are acknowledged and ignored."""
+        if not request.event_id or len(request.event_id) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+        if not request.item_id or "\n" in request.item_id or len(request.item_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("item_id must be a non-empty id without line breaks")
+        if not math.isfinite(request.value):
+            raise InvalidArgument(f"value must be finite, got {request.value}")
+        outcome = await self.store.record_reward(request.event_id, request.item_id, request.value)
+        if outcome == UNKNOWN:
+            raise NotFound(f"event_id {request.event_id!r} is not a known decision")
+        if outcome == CLOSED:
+            raise FailedPrecondition(f"event_id {request.event_id!r}: the reward window has closed")
+        if outcome == NOT_IN_SLATE:
+            raise InvalidArgument(f"item_id {request.item_id!r} was not served in event {request.event_id!r}")
+        return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == DUPLICATE)

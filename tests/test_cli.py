@@ -1,0 +1,21 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: scout" in result.stdout
+
+
+def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["world", "--out", str(tmp_path / "c.parquet"), "--items", "300"]) == 0
+    assert main(["build", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "idx"), "--dim", "8"]) == 0
+    assert '"count": 300' in capsys.readouterr().out
+    assert main(["build", "--catalog", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["evaluate", "--logs", str(tmp_path), "--index", str(tmp_path / "idx"), "--policy", "linucb"]) == 2
