@@ -192,7 +192,7 @@ class Policy(ABC):
         meta = {"format": FORMAT_VERSION, "policy": self.name, "feature_dim": self.feature_dim}
         meta |= {"version": self.version, "params": self.params()}
         buffer = io.BytesIO()
-        np.savez(buffer, __meta__=np.array(json.dumps(meta)), **self._state())
+        np.savez(buffer, __meta__=np.array(json.dumps(meta)), **self._state())  # type: ignore[arg-type]
         return buffer.getvalue()
 
     @classmethod

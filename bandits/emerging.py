@@ -10,8 +10,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EmergingRule:
-    """A creator is emerging when its popularity is below a quantile of all creators' popularity, or when its
-    first release is at most ``max_age_days`` old.
+    """A creator is emerging when below a popularity quantile, or when its first release is recent.
+
+    Emerging means: popularity below the ``popularity_quantile`` of all creators, or a first release at most
+    ``max_age_days`` old.
 
     Parameters
     ----------

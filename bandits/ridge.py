@@ -63,5 +63,5 @@ class RidgeRegression:
         if not (np.isfinite(A).all() and np.isfinite(b).all()):
             raise PolicyStateError("ridge state holds non-finite values")
         self.A, self.b = A.copy(), b.copy()
-        self.A_inv = np.linalg.inv(self.A)
+        self.A_inv = np.asarray(np.linalg.inv(self.A), dtype=np.float64)
         self.theta = self.A_inv @ self.b

@@ -18,7 +18,13 @@ def build_artifact(catalog: Catalog, config: EncoderConfig, progress: bool = Fal
     encoder = ContentEncoder.for_catalog(catalog, config)
     vectors = encoder.encode(catalog, progress=progress)
     artifact = IndexArtifact.build(catalog, vectors, encoder.to_bytes())
-    artifact.manifest["build_params"] = {"encoder": {"dim": config.dim, "text_buckets": config.text_buckets,
-                                                     "tag_buckets": config.tag_buckets, "seed": config.seed}}
+    artifact.manifest["build_params"] = {
+        "encoder": {
+            "dim": config.dim,
+            "text_buckets": config.text_buckets,
+            "tag_buckets": config.tag_buckets,
+            "seed": config.seed,
+        }
+    }
     log.info("built index %s over %d items", artifact.version, len(artifact))
     return artifact

@@ -98,7 +98,8 @@ class ContentEncoder(nn.Module):
 
     def forward(self, text: torch.Tensor, tags: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Encode a batch: B-by-text_buckets, B-by-tag_buckets, B-by-M (NaN = missing) in; B-by-d out."""
-        z = (descriptors - self.descriptor_mean) / self.descriptor_std
+        mean, std = self.get_buffer("descriptor_mean"), self.get_buffer("descriptor_std")
+        z = (descriptors - mean) / std
         z = torch.nan_to_num(z, nan=0.0)
         if z.shape[1] == 0:
             z = torch.zeros(z.shape[0], 1, device=z.device)

@@ -54,5 +54,6 @@ def diagnose(data: SlateData) -> Diagnostics:
         warnings.append(f"effective sample size {ess:.0f} is under 10% of {data.n} decisions: expect wide intervals")
     if weights.size and weights.max() > 100:
         warnings.append(f"largest importance weight is {weights.max():.0f}: IPS is dominated by a few decisions")
-    return Diagnostics(data.n, ess, float(weights.max()) if weights.size else 0.0, unsupported, deterministic,
-                       tuple(warnings))
+    return Diagnostics(
+        data.n, ess, float(weights.max()) if weights.size else 0.0, unsupported, deterministic, tuple(warnings)
+    )

@@ -39,9 +39,7 @@ def decisions(log: DecisionLog, index: IndexArtifact) -> Iterator[LoggedDecision
     """Rebuild every decision of ``log`` against ``index``; mismatches raise ``LogError`` naming the row."""
     versions = set(log["index_version"])
     if versions - {index.version}:
-        raise LogError(
-            f"column index_version: the log names {sorted(versions)}, the index artifact is {index.version}"
-        )
+        raise LogError(f"column index_version: the log names {sorted(versions)}, the index artifact is {index.version}")
     for row in range(len(log)):
         try:
             positions = index.positions(log["candidate_ids"][row])

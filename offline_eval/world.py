@@ -89,7 +89,9 @@ class SyntheticWorld:
         self.item_creator = np.concatenate([np.arange(cfg.num_creators), extra])
         self.item_latent = _unit(centers[self.item_creator] + 0.6 * rng.normal(size=(cfg.num_items, L)) / np.sqrt(L))
         self.descriptor_map = rng.normal(size=(L, cfg.num_descriptors))
-        descriptors = self.item_latent @ self.descriptor_map + 0.3 * rng.normal(size=(cfg.num_items, cfg.num_descriptors))
+        descriptors = self.item_latent @ self.descriptor_map + 0.3 * rng.normal(
+            size=(cfg.num_items, cfg.num_descriptors)
+        )
         self.duration = descriptors[:, 0].copy()
         self.energy = descriptors[:, 1].copy()
         # Users: latent tastes and a handful of liked seed items, drawn from popular items they are close to.
@@ -157,8 +159,15 @@ class SyntheticWorld:
         return (rng.random(len(slate)) < p).astype(np.float64)
 
     def expected_slate_reward(
-        self, policy: Policy, candidates: Candidates, user: int, items: np.ndarray, context: np.ndarray,
-        num_items: int, rng: np.random.Generator, samples: int = 32,
+        self,
+        policy: Policy,
+        candidates: Candidates,
+        user: int,
+        items: np.ndarray,
+        context: np.ndarray,
+        num_items: int,
+        rng: np.random.Generator,
+        samples: int = 32,
     ) -> float:
         """Expected clicks on a slate that ``policy`` draws from ``candidates`` (world indices ``items``).
 

@@ -78,7 +78,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     scout_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderService(Recommender(settings, index, policies), store, settings.join), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")

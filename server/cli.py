@@ -21,25 +21,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the whole loop on a synthetic world and evaluate offline",
-                               description="Build a synthetic world and its index, serve it on an embedded Redis, "
-                               "drive simulated users over gRPC, export the joined logs and estimate a different "
-                               "policy's value offline next to the world's true value.")
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole loop on a synthetic world and evaluate offline",
+        description="Build a synthetic world and its index, serve it on an embedded Redis, "
+        "drive simulated users over gRPC, export the joined logs and estimate a different "
+        "policy's value offline next to the world's true value.",
+    )
     demo.add_argument("--dir", type=Path, default=Path(".scout/demo"), help="working directory (default .scout/demo)")
     demo.add_argument("--decisions", type=int, default=20000, help="Recommend calls to make (default 20000)")
     demo.add_argument("--items", type=int, default=20000, help="catalog size (default 20000)")
     demo.add_argument("--concurrency", type=int, default=8, help="simulated users in flight (default 8)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world and the simulation (default 0)")
 
-    world = commands.add_parser("world", help="write a synthetic world's catalog to Parquet",
-                                description="Generate a synthetic world and write its catalog as Parquet.")
+    world = commands.add_parser(
+        "world",
+        help="write a synthetic world's catalog to Parquet",
+        description="Generate a synthetic world and write its catalog as Parquet.",
+    )
     world.add_argument("--out", type=Path, required=True, help="catalog file to write (.parquet)")
     world.add_argument("--items", type=int, default=20000, help="number of items (default 20000)")
     world.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
 
-    build = commands.add_parser("build", help="catalog -> content embeddings -> FAISS index artifact",
-                                description="Encode a catalog's content signals with the torch content encoder and "
-                                "write a versioned FAISS index artifact directory.")
+    build = commands.add_parser(
+        "build",
+        help="catalog -> content embeddings -> FAISS index artifact",
+        description="Encode a catalog's content signals with the torch content encoder and "
+        "write a versioned FAISS index artifact directory.",
+    )
     build.add_argument("--catalog", type=Path, required=True, help="catalog Parquet file")
     build.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default auto)")
@@ -47,24 +56,38 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--batch-size", type=int, default=4096, help="items per encoding batch (default 4096)")
     build.add_argument("--seed", type=int, default=0, help="encoder seed (default 0)")
 
-    serve = commands.add_parser("serve", help="serve the Recommender gRPC API",
-                                description="Serve Recommend and Reward over gRPC with health checking and "
-                                "reflection, plus the joiner, learner and exporter loops.")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the Recommender gRPC API",
+        description="Serve Recommend and Reward over gRPC with health checking and "
+        "reflection, plus the joiner, learner and exporter loops.",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
     serve.add_argument("--port", type=int, help="port to listen on (0 picks a free one)")
     serve.add_argument("--index", type=Path, help="index artifact directory")
-    serve.add_argument("--no-background", action="store_true",
-                       help="serve requests only; run the joiner, learner and exporter elsewhere")
+    serve.add_argument(
+        "--no-background",
+        action="store_true",
+        help="serve requests only; run the joiner, learner and exporter elsewhere",
+    )
 
-    evaluate = commands.add_parser("evaluate", help="estimate a policy's value from exported logs",
-                                   description="Replay exported logs with a target policy and print IPS, SNIPS "
-                                   "and DR estimates of its expected slate reward with bootstrap intervals.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="estimate a policy's value from exported logs",
+        description="Replay exported logs with a target policy and print IPS, SNIPS "
+        "and DR estimates of its expected slate reward with bootstrap intervals.",
+    )
     evaluate.add_argument("--logs", type=Path, required=True, help="Parquet log file or directory")
     evaluate.add_argument("--index", type=Path, required=True, help="the index artifact the logs were made with")
     evaluate.add_argument("--snapshot", type=Path, help="policy snapshot file (learned state) to evaluate")
     evaluate.add_argument("--policy", help="policy type to evaluate (fresh unless --snapshot is given)")
-    evaluate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                          help="policy parameter, repeatable (overrides the snapshot's)")
+    evaluate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy parameter, repeatable (overrides the snapshot's)",
+    )
     evaluate.add_argument("--variant", help="only decisions logged by this variant")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
@@ -156,9 +179,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         target = create_policy(args.policy, feature_dim(index.dim, len(keys)), params)
     result = evaluate(log_data, index, target, bootstrap=args.bootstrap, seed=args.seed)
     if args.json:
-        print(json.dumps({"target": {"policy": target.name, "params": target.params(), "version": target.version},
-                          "estimates": [asdict(e) for e in result.estimates],
-                          "diagnostics": asdict(result.diagnostics)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "target": {"policy": target.name, "params": target.params(), "version": target.version},
+                    "estimates": [asdict(e) for e in result.estimates],
+                    "diagnostics": asdict(result.diagnostics),
+                },
+                indent=2,
+            )
+        )
         return
     print(f"target: {target.name} {target.params()} (version {target.version}) on {len(log_data)} decisions")
     print(format_estimates(result.estimates))

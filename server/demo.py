@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -49,24 +50,30 @@ async def run_demo(config: DemoConfig) -> int:
     started = time.perf_counter()
     root = config.directory
     shutil.rmtree(root, ignore_errors=True)
-    world = SyntheticWorld(WorldConfig(num_items=config.items, num_creators=max(1, config.items // 20),
-                                       seed=config.seed))
+    world = SyntheticWorld(
+        WorldConfig(num_items=config.items, num_creators=max(1, config.items // 20), seed=config.seed)
+    )
     write_catalog(world.catalog, root / "catalog.parquet")
     artifact = build_artifact(world.catalog, EncoderConfig(seed=config.seed), progress=True)
     artifact.save(root / "index")
-    print(f"1. world: {len(world.catalog)} items by {world.config.num_creators} creators, "
-          f"{world.config.num_users} users; index {artifact.version}")
+    print(
+        f"1. world: {len(world.catalog)} items by {world.config.num_creators} creators, "
+        f"{world.config.num_users} users; index {artifact.version}"
+    )
 
     settings = _settings(root)
     server = await start_server(settings)
-    print(f"2. serving on port {server.port} with an embedded Redis; experiment variants: "
-          f"{', '.join(v.name + ' (' + v.policy + ')' for v in settings.experiments[0].variants)}")
+    print(
+        f"2. serving on port {server.port} with an embedded Redis; experiment variants: "
+        f"{', '.join(v.name + ' (' + v.policy + ')' for v in settings.experiments[0].variants)}"
+    )
     try:
         clicks = await _drive(world, server.port, config)
         print(f"3. {config.decisions} decisions served, {clicks} clicks rewarded")
         await _wait_for_export(server, config.decisions)
-        snapshot = await server.store.client.hget(server.store.policy_key(settings.experiments[0].name, "control"),
-                                                  "state")
+        snapshot: Any = await server.store.client.hget(
+            server.store.policy_key(settings.experiments[0].name, "control"), "state"
+        )
     finally:
         await server.stop()
     log_data = read_logs(settings.export.log_dir)
@@ -79,10 +86,12 @@ async def run_demo(config: DemoConfig) -> int:
     result = evaluate(control, index, target, seed=config.seed)
     truth = true_value(world, control, index, target, seed=config.seed)
     logged = float(np.mean([sum(r) for r in control["rewards"]]))
-    print(f"5. offline evaluation of a policy that was never served: the control variant's learned model "
-          f"(version {target.version}) with epsilon {TARGET_EPSILON} instead of 0.3,\n"
-          f"   estimated from the {len(control)} decisions logged by the control variant "
-          f"(whose own average reward was {logged:.4f}):\n")
+    print(
+        f"5. offline evaluation of a policy that was never served: the control variant's learned model "
+        f"(version {target.version}) with epsilon {TARGET_EPSILON} instead of 0.3,\n"
+        f"   estimated from the {len(control)} decisions logged by the control variant "
+        f"(whose own average reward was {logged:.4f}):\n"
+    )
     from server.cli import format_estimates
 
     print(format_estimates(result.estimates, truth))
@@ -90,8 +99,10 @@ async def run_demo(config: DemoConfig) -> int:
         print(f"warning: {warning}")
     inside = [e.estimator for e in result.estimates if e.lower <= truth <= e.upper]
     print(f"\nthe true value lies inside the interval of: {', '.join(inside) or 'none'}")
-    print(f"reproduce: scout evaluate --logs {settings.export.log_dir} --index {root / 'index'} "
-          f"--snapshot {root / 'target.npz'} --variant control")
+    print(
+        f"reproduce: scout evaluate --logs {settings.export.log_dir} --index {root / 'index'} "
+        f"--snapshot {root / 'target.npz'} --variant control"
+    )
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -122,15 +133,20 @@ async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> int:
         while not queue.empty():
             queue.get_nowait()
             request = world.sample_request(rng)
-            reply = await stub.Recommend(scout_pb2.RecommendRequest(
-                unit_id=request.unit_id, surface=SURFACE, num_items=SLATE, context=request.context,
-                seed_item_ids=request.seed_item_ids))
+            reply = await stub.Recommend(
+                scout_pb2.RecommendRequest(
+                    unit_id=request.unit_id,
+                    surface=SURFACE,
+                    num_items=SLATE,
+                    context=request.context,
+                    seed_item_ids=request.seed_item_ids,
+                )
+            )
             served = item_index([item.item_id for item in reply.items])
             context = np.array([request.context[k] for k in CONTEXT_KEYS])
             for item, click in zip(reply.items, world.sample_clicks(rng, request.user, served, context), strict=True):
                 if click:
-                    await stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item.item_id,
-                                                              value=1.0))
+                    await stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item.item_id, value=1.0))
                     clicks += 1
             progress.update()
 
@@ -158,6 +174,9 @@ def true_value(world: SyntheticWorld, log_data: DecisionLog, index: IndexArtifac
     values = []
     for d in decisions(log_data, index):
         items = item_index(index.item_ids[d.candidate_positions].tolist())
-        values.append(world.expected_slate_reward(target, d.candidates, user_index(d.unit_id), items, d.context,
-                                                  len(d.served), rng, samples=4))
+        values.append(
+            world.expected_slate_reward(
+                target, d.candidates, user_index(d.unit_id), items, d.context, len(d.served), rng, samples=4
+            )
+        )
     return float(np.mean(values))

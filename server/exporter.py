@@ -54,8 +54,11 @@ class Exporter:
     async def poll(self, block_ms: int | None = None) -> int:
         """Read new entries into the buffer (first those read before but never acknowledged)."""
         for start in ("0", ">"):
-            reply = await self.store.client.xreadgroup(
-                GROUP, CONSUMER, {self.store.joined: start}, count=self.settings.flush_rows,
+            reply: Any = await self.store.client.xreadgroup(
+                GROUP,
+                CONSUMER,
+                {self.store.joined: start},
+                count=self.settings.flush_rows,
                 block=block_ms if start == ">" else None,
             )
             seen = {entry_id for entry_id, _ in self.buffer}
@@ -79,7 +82,7 @@ class Exporter:
         pq.write_table(records_to_table(records), partial)
         os.replace(partial, path)
         await self.store.client.xack(self.store.joined, GROUP, *ids)
-        learned = await self.store.client.hget(self.store.learner, "position")
+        learned: Any = await self.store.client.hget(self.store.learner, "position")
         if learned is not None:
             await self.store.client.xtrim(self.store.joined, minid=min(ids[-1], learned.decode(), key=_stream_id))
         self.exported += len(records)

@@ -48,14 +48,14 @@ class Learner:
 
     async def restore(self) -> None:
         """Warm-start from the published snapshots and the stream position they include."""
-        position = await self.store.client.hget(self.store.learner, "position")
+        position: Any = await self.store.client.hget(self.store.learner, "position")
         self.position = position.decode() if position else "0-0"
         await refresh_policies(self.store, self.policies)
         log.info("learner resumes after joined entry %s", self.position)
 
     async def step(self) -> int:
         """Apply the next batch of joined decisions and publish; returns how many were applied."""
-        reply = await self.store.client.xread({self.store.joined: self.position}, count=self.settings.batch)
+        reply: Any = await self.store.client.xread({self.store.joined: self.position}, count=self.settings.batch)
         if not reply:
             return 0
         entries = reply[0][1]
@@ -103,11 +103,13 @@ async def refresh_policies(store: Store, policies: PolicyBook) -> int:
     swapped = 0
     for (experiment, variant), current in policies.items():
         key = store.policy_key(experiment, variant)
-        version = await store.client.hget(key, "version")
+        version: Any = await store.client.hget(key, "version")
+        state: Any
         if version is None or int(version) <= current.version:
             continue
         try:
-            policies.swap(experiment, variant, load_policy(await store.client.hget(key, "state") or b""))
+            state = await store.client.hget(key, "state")
+            policies.swap(experiment, variant, load_policy(state or b""))
             swapped += 1
         except (PolicyStateError, ValueError) as exc:
             log.error("rejected snapshot %s (version %s): %s; keeping version %d", key, version, exc, current.version)

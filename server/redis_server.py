@@ -36,9 +36,23 @@ class RedisProcess:
         self.socket.unlink(missing_ok=True)
         binary = redis_binary()
         self.process = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--dir", str(directory.resolve()), "--save", "", "--appendonly", "no",
-             "--logfile", str(directory.resolve() / "redis.log")],
+            [
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(directory.resolve()),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str(directory.resolve() / "redis.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

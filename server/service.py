@@ -70,8 +70,14 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
                 item_id=item, creator_id=creator, position=k, score=score, propensity=p, emerging=emerging
             )
             for k, (item, creator, score, p, emerging) in enumerate(
-                zip(record["item_ids"], record["creator_ids"], decision.scores, record["propensities"],
-                    record["emerging"], strict=True)
+                zip(
+                    record["item_ids"],
+                    record["creator_ids"],
+                    decision.scores,
+                    record["propensities"],
+                    record["emerging"],
+                    strict=True,
+                )
             )
         ]
         return scout_pb2.RecommendResponse(

@@ -170,7 +170,9 @@ def _build(raw: dict[str, Any]) -> Settings:
         data_dir=Path(raw["data_dir"]),
         key_prefix=str(raw["key_prefix"]),
         server=ServerSettings(
-            str(s["host"]), port, _positive("server.max_num_items", s["max_num_items"], int),
+            str(s["host"]),
+            port,
+            _positive("server.max_num_items", s["max_num_items"], int),
             _positive("server.refresh_interval_s", s["refresh_interval_s"]),
         ),
         join=JoinSettings(
@@ -185,7 +187,8 @@ def _build(raw: dict[str, Any]) -> Settings:
             _positive("learner.poll_interval_s", le["poll_interval_s"]), _positive("learner.batch", le["batch"], int)
         ),
         export=ExportSettings(
-            Path(ex["log_dir"]), _positive("export.flush_rows", ex["flush_rows"], int),
+            Path(ex["log_dir"]),
+            _positive("export.flush_rows", ex["flush_rows"], int),
             _positive("export.flush_interval_s", ex["flush_interval_s"]),
         ),
         experiments=experiments,
@@ -202,8 +205,11 @@ def _experiment(i: int, e: dict[str, Any]) -> Experiment:
         params = v.get("params", {})
         if not isinstance(params, dict):
             raise ValueError(f"{name}.params must be a table")
-        variants.append(Variant(str(v["name"]), _positive(f"{name}.weight", v["weight"]), v["policy"],
-                                tuple(sorted(params.items()))))
+        variants.append(
+            Variant(
+                str(v["name"]), _positive(f"{name}.weight", v["weight"]), v["policy"], tuple(sorted(params.items()))
+            )
+        )
     if len(variants) < 1 or len({v.name for v in variants}) != len(variants):
         raise ValueError(f"{where}.variants must name at least one variant, each once")
     keys = tuple(str(k) for k in e.get("context_keys", []))
@@ -217,7 +223,11 @@ def _experiment(i: int, e: dict[str, Any]) -> Experiment:
     if not surfaces:
         raise ValueError(f"{where}.surfaces must name at least one surface")
     return Experiment(
-        name=str(e["name"]), salt=str(e["salt"]), surfaces=surfaces, context_keys=keys,
-        candidates=_positive(f"{where}.candidates", e["candidates"], int), emerging=emerging,
+        name=str(e["name"]),
+        salt=str(e["salt"]),
+        surfaces=surfaces,
+        context_keys=keys,
+        candidates=_positive(f"{where}.candidates", e["candidates"], int),
+        emerging=emerging,
         variants=tuple(variants),
     )

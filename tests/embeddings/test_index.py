@@ -104,8 +104,8 @@ def test_catalog_round_trip_and_errors(small: SyntheticWorld, tmp_path: Path) ->
     ids = table.column("item_id").to_pylist()
     ids[3] = ids[2]
     pq.write_table(table.set_column(0, "item_id", pa.array(ids)), tmp_path / "dup.parquet")
-    with pytest.raises(CatalogError, match="dup.parquet: item_ids must be unique"):
+    with pytest.raises(CatalogError, match=r"dup\.parquet: item_ids must be unique"):
         read_catalog(tmp_path / "dup.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(CatalogError, match="junk.parquet: cannot read catalog"):
+    with pytest.raises(CatalogError, match=r"junk\.parquet: cannot read catalog"):
         read_catalog(tmp_path / "junk.parquet")

@@ -32,13 +32,16 @@ def simulate(world: SyntheticWorld, index: IndexArtifact, policy: Policy, n: int
     records = []
     for _ in range(n):
         request = world.sample_request(rng)
-        decision = recommender.decide(RecommendInput(request.unit_id, "home", 3, request.context,
-                                                     request.seed_item_ids))
+        decision = recommender.decide(
+            RecommendInput(request.unit_id, "home", 3, request.context, request.seed_item_ids)
+        )
         record = decision.record
         context = np.array([request.context[k] for k in CONTEXT_KEYS])
         clicks = world.sample_clicks(rng, request.user, item_index(record["item_ids"]), context)
-        records.append(record | {"rewards": clicks.tolist(), "reward_observed": [True] * len(clicks),
-                                 "joined_at": record["decided_at"]})
+        records.append(
+            record
+            | {"rewards": clicks.tolist(), "reward_observed": [True] * len(clicks), "joined_at": record["decided_at"]}
+        )
     return records
 
 
@@ -58,8 +61,16 @@ def fitted(world: SyntheticWorld, index: IndexArtifact, epsilon: float, n: int, 
 def truth(world: SyntheticWorld, log: DecisionLog, index: IndexArtifact, policy: Policy) -> float:
     rng = np.random.default_rng(0)
     values = [
-        world.expected_slate_reward(policy, d.candidates, user_index(d.unit_id),
-                                    item_index(index.item_ids[d.candidate_positions].tolist()), d.context, 3, rng, 8)
+        world.expected_slate_reward(
+            policy,
+            d.candidates,
+            user_index(d.unit_id),
+            item_index(index.item_ids[d.candidate_positions].tolist()),
+            d.context,
+            3,
+            rng,
+            8,
+        )
         for d in decisions(log, index)
     ]
     return float(np.mean(values))

@@ -21,8 +21,11 @@ def test_every_decision_is_exported_exactly_once_with_its_rewards(scout, world: 
         stub = scout_pb2_grpc.RecommenderStub(channel)
         for _ in range(200):
             r = world.sample_request(rng)
-            reply = stub.Recommend(scout_pb2.RecommendRequest(unit_id=r.unit_id, surface="home", num_items=3,
-                                                              context=r.context, seed_item_ids=r.seed_item_ids))
+            reply = stub.Recommend(
+                scout_pb2.RecommendRequest(
+                    unit_id=r.unit_id, surface="home", num_items=3, context=r.context, seed_item_ids=r.seed_item_ids
+                )
+            )
             served = item_index([i.item_id for i in reply.items])
             clicks = world.sample_clicks(rng, r.user, served, np.array([r.context["mobile"], r.context["evening"]]))
             sent[reply.event_id] = {}
@@ -34,16 +37,18 @@ def test_every_decision_is_exported_exactly_once_with_its_rewards(scout, world: 
         while scout.server.exporter.exported < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
         late = stub.Recommend(scout_pb2.RecommendRequest(unit_id="late", surface="home", num_items=2))
-    version = scout.run(scout.server.store.client.hget(scout.server.store.policy_key("home-ranking", "control"),
-                                                       "version"))
+    version = scout.run(
+        scout.server.store.client.hget(scout.server.store.policy_key("home-ranking", "control"), "version")
+    )
     scout.stop()  # the exporter flushes on shutdown: the last decision is pending, not lost
 
     log = read_logs(scout.server.settings.export.log_dir)
     ids = log["event_id"]
     assert len(ids) == len(set(ids)), "a decision was exported twice"
     assert set(sent) <= set(ids)
-    for event_id, items, rewards, observed in zip(ids, log["item_ids"], log["rewards"], log["reward_observed"],
-                                                  strict=True):
+    for event_id, items, rewards, observed in zip(
+        ids, log["item_ids"], log["rewards"], log["reward_observed"], strict=True
+    ):
         if event_id in sent:
             assert rewards == [sent[event_id].get(i, 0.0) for i in items]
             assert observed == [i in sent[event_id] for i in items]

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.redis
 
 
 def request(**overrides: object) -> scout_pb2.RecommendRequest:
-    fields = {"unit_id": "user-000001", "surface": "home", "num_items": 4, "context": {"mobile": 1.0},
-              "seed_item_ids": ["item-0000001", "item-0000002"]} | overrides
+    fields = {
+        "unit_id": "user-000001",
+        "surface": "home",
+        "num_items": 4,
+        "context": {"mobile": 1.0},
+        "seed_item_ids": ["item-0000001", "item-0000002"],
+    } | overrides
     return scout_pb2.RecommendRequest(**fields)
 
 
@@ -37,8 +42,7 @@ def test_recommend_then_reward_round_trip(stub) -> None:
     assert reply.event_id and reply.experiment == "home-ranking" and reply.variant in ("control", "linucb")
     assert len(reply.items) == 4 and [i.position for i in reply.items] == [0, 1, 2, 3]
     assert all(0 < i.propensity <= 1 for i in reply.items) and "item-0000003" not in {i.item_id for i in reply.items}
-    assert reply.slate_probability == pytest.approx(
-        __import__("math").prod(i.propensity for i in reply.items))
+    assert reply.slate_probability == pytest.approx(__import__("math").prod(i.propensity for i in reply.items))
     assert all(i.creator_id.startswith("creator-") for i in reply.items)
     first = stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[1].item_id, value=1.0))
     assert first.accepted and not first.duplicate
@@ -56,11 +60,14 @@ def test_reward_errors(stub) -> None:
     code, message = code_and_message(lambda: stub.Reward(scout_pb2.RewardRequest(event_id="nope", item_id="x")))
     assert code == grpc.StatusCode.NOT_FOUND and "event_id 'nope'" in message
     code, message = code_and_message(
-        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id="item-9999999", value=1)))
+        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id="item-9999999", value=1))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "item_id 'item-9999999' was not served" in message
     code, message = code_and_message(
-        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id,
-                                                    value=float("nan"))))
+        lambda: stub.Reward(
+            scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=float("nan"))
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("value must be finite")
     code, message = code_and_message(lambda: stub.Reward(scout_pb2.RewardRequest(item_id="x")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("event_id")
@@ -70,7 +77,8 @@ def test_late_reward_after_the_window_is_failed_precondition(stub) -> None:
     reply = stub.Recommend(request())
     time.sleep(1.2)  # reward window 0.5 s in tests, joiner polls every 50 ms
     code, message = code_and_message(
-        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=1)))
+        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=1))
+    )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "reward window has closed" in message
 
 
@@ -114,7 +122,8 @@ def test_health_and_reflection(scout) -> None:
 def test_assignment_matches_fixed_vectors_and_weights() -> None:
     # Pinned: sha256("home-ranking-v1:user-000001") -> first 8 bytes as a big-endian fraction of 2**64.
     assert bucket("home-ranking-v1", "user-000001") == pytest.approx(
-        int.from_bytes(__import__("hashlib").sha256(b"home-ranking-v1:user-000001").digest()[:8], "big") / 2**64)
+        int.from_bytes(__import__("hashlib").sha256(b"home-ranking-v1:user-000001").digest()[:8], "big") / 2**64
+    )
     assert round(bucket("salt", "unit"), 6) == round(bucket("salt", "unit"), 6)
     experiment = load_settings(environ={}).experiments[0]
     share = sum(assign(experiment, f"u{i}").name == "control" for i in range(20000)) / 20000
