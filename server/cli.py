@@ -71,6 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         help="serve requests only; run the joiner, learner and exporter elsewhere",
     )
 
+    worker = commands.add_parser(
+        "worker",
+        help="run the joiner, learner and/or exporter as their own process",
+        description="Run background loops against a shared Redis (redis_url or SCOUT_REDIS_URL), next to "
+        "servers started with --no-background. With no role flag, runs all three. Any number of workers "
+        "may share one Redis.",
+    )
+    worker.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
+    worker.add_argument("--index", type=Path, help="index artifact directory (the learner replays with it)")
+    worker.add_argument("--joiner", action="store_true", help="join decisions whose reward window closed")
+    worker.add_argument("--learner", action="store_true", help="learn from joined decisions, publish snapshots")
+    worker.add_argument("--exporter", action="store_true", help="export joined decisions and late rewards")
+
     evaluate = commands.add_parser(
         "evaluate",
         help="estimate a policy's value from exported logs",
@@ -153,6 +166,25 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(serve())
 
 
+def _worker(args: argparse.Namespace) -> None:
+    from server.settings import load_settings
+    from server.worker import ROLES, run_worker
+
+    settings = load_settings(args.config)
+    if args.index is not None:
+        settings = replace(settings, index=args.index)
+    roles = tuple(role for role in ROLES if getattr(args, role)) or ROLES
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, roles, stop)
+
+    asyncio.run(work())
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -219,7 +251,14 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-COMMANDS = {"demo": _demo, "world": _world, "build": _build, "serve": _serve, "evaluate": _evaluate}
+COMMANDS = {
+    "demo": _demo,
+    "world": _world,
+    "build": _build,
+    "serve": _serve,
+    "worker": _worker,
+    "evaluate": _evaluate,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

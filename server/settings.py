@@ -58,6 +58,7 @@ class ServerSettings:
     port: int
     max_num_items: int
     refresh_interval_s: float
+    health_interval_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class JoinSettings:
     batch: int
     closed_ttl_s: int
     decision_stream_maxlen: int
+    pending_ttl_s: int = 604800
+    joined_stream_maxlen: int = 1000000
+    late_stream_maxlen: int = 100000
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class LearnerSettings:
 
     poll_interval_s: float
     batch: int
+    lease_ttl_s: float = 10.0
+    max_abs_value: float = 1e6
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,14 @@ class ExportSettings:
     log_dir: Path
     flush_rows: int
     flush_interval_s: float
+    max_file_bytes: int = 128 * 1024 * 1024
+    late_log_dir: Path | None = None
+    consumer_ttl_s: float = 30.0
+
+    @property
+    def late_dir(self) -> Path:
+        """Where late rewards are exported: ``late_log_dir``, else ``late`` next to ``log_dir``."""
+        return self.late_log_dir if self.late_log_dir is not None else self.log_dir.parent / "late"
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class Settings:
     learner: LearnerSettings
     export: ExportSettings
     experiments: tuple[Experiment, ...]
+    redis_appendfsync: str = "everysec"
+    redis_maxmemory: str = "1gb"
 
     def experiment_for(self, surface: str) -> Experiment | None:
         """The experiment that fills ``surface``, if any."""
@@ -150,6 +166,18 @@ def _positive(name: str, value: Any, kind: type = float) -> Any:
     return kind(value)
 
 
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def _build(raw: dict[str, Any]) -> Settings:
     s, j, le, ex = raw["server"], raw["join"], raw["learner"], raw["export"]
     port = s["port"]
@@ -169,11 +197,14 @@ def _build(raw: dict[str, Any]) -> Settings:
         index=Path(raw["index"]),
         data_dir=Path(raw["data_dir"]),
         key_prefix=str(raw["key_prefix"]),
+        redis_appendfsync=_choice("redis_appendfsync", raw["redis_appendfsync"], ("always", "everysec", "no")),
+        redis_maxmemory=str(raw["redis_maxmemory"]),
         server=ServerSettings(
             str(s["host"]),
             port,
             _positive("server.max_num_items", s["max_num_items"], int),
             _positive("server.refresh_interval_s", s["refresh_interval_s"]),
+            _positive("server.health_interval_s", s["health_interval_s"]),
         ),
         join=JoinSettings(
             reward_window_s=_positive("join.reward_window_s", j["reward_window_s"]),
@@ -181,15 +212,24 @@ def _build(raw: dict[str, Any]) -> Settings:
             poll_interval_s=_positive("join.poll_interval_s", j["poll_interval_s"]),
             batch=_positive("join.batch", j["batch"], int),
             closed_ttl_s=_positive("join.closed_ttl_s", j["closed_ttl_s"], int),
-            decision_stream_maxlen=_positive("join.decision_stream_maxlen", j["decision_stream_maxlen"], int),
+            decision_stream_maxlen=_non_negative_int("join.decision_stream_maxlen", j["decision_stream_maxlen"]),
+            pending_ttl_s=_positive("join.pending_ttl_s", j["pending_ttl_s"], int),
+            joined_stream_maxlen=_positive("join.joined_stream_maxlen", j["joined_stream_maxlen"], int),
+            late_stream_maxlen=_positive("join.late_stream_maxlen", j["late_stream_maxlen"], int),
         ),
         learner=LearnerSettings(
-            _positive("learner.poll_interval_s", le["poll_interval_s"]), _positive("learner.batch", le["batch"], int)
+            _positive("learner.poll_interval_s", le["poll_interval_s"]),
+            _positive("learner.batch", le["batch"], int),
+            _positive("learner.lease_ttl_s", le["lease_ttl_s"]),
+            _positive("learner.max_abs_value", le["max_abs_value"]),
         ),
         export=ExportSettings(
             Path(ex["log_dir"]),
             _positive("export.flush_rows", ex["flush_rows"], int),
             _positive("export.flush_interval_s", ex["flush_interval_s"]),
+            _positive("export.max_file_bytes", ex["max_file_bytes"], int),
+            Path(ex["late_log_dir"]) if ex["late_log_dir"] else None,
+            _positive("export.consumer_ttl_s", ex["consumer_ttl_s"]),
         ),
         experiments=experiments,
     )
