@@ -343,8 +343,8 @@ class Exporter:
         """On shutdown: read what is left and write it."""
         if not self._ready:
             await self._prepare()
-        await self.poll()
-        await self.flush()
+        while await self.poll() > 0:
+            await self.flush()
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:

@@ -112,7 +112,9 @@ class Learner:
         position = last.decode() if isinstance(last, bytes) else str(last)
         loop = asyncio.get_running_loop()
         snapshots, applied, skipped = await loop.run_in_executor(self._executor, self._learn, entries)
-        outcome = await self.store.publish(self.owner, self.position, position, snapshots, self.settings.lease_ttl_s)
+        outcome = await self.store.publish(
+            self.owner, self.position, position, snapshots, self.settings.lease_ttl_s, applied, skipped
+        )
         if outcome != PUBLISHED:
             log.warning("learner %s: publish refused (%d); reloading the published state", self.owner, outcome)
             self.restored = False

@@ -53,6 +53,16 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RedisProcess:
     """A real redis-server listening on a unix socket in ``directory``; stop it with :meth:`stop`.
 
@@ -144,8 +154,9 @@ class RedisProcess:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                # A dead owner's Redis may still be flushing its append-only file: wait for it, not for a live owner.
+                if _alive(owner) or time.monotonic() >= deadline:
                     os.close(fd)
                     raise DataDirLocked(
                         f"data_dir {self.directory} is in use by another scout process (pid {owner}); stop it, or "

@@ -12,7 +12,8 @@ Keys (all under one hash tag, so a Redis Cluster keeps them in one slot), each b
   consumed and capped at ``join.joined_stream_maxlen``;
 - ``{p}:late``: stream of rewards that arrived after their decision was joined (capped at ``join.late_stream_maxlen``);
 - ``{p}:policy:<experiment>:<variant>``: the latest policy snapshot (``version``, ``state``);
-- ``{p}:learner``: the id of the last joined entry the published snapshots include; ``{p}:learner:lease``: which
+- ``{p}:learner``: the id of the last joined entry the published snapshots include (``position``) and how many
+  entries were applied and skipped as poisonous (``applied``, ``skipped``); ``{p}:learner:lease``: which
   learner may publish (expires unless renewed);
 - ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
   writing before acknowledging it.
@@ -92,10 +93,12 @@ if owner ~= ARGV[1] then return -1 end
 local position = redis.call('HGET', KEYS[1], 'position') or '0-0'
 if position ~= ARGV[2] then return -2 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-for i = 5, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   redis.call('HSET', ARGV[i], 'version', ARGV[i + 1], 'state', ARGV[i + 2])
 end
 redis.call('HSET', KEYS[1], 'position', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'applied', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[6])
 return 1
 """
 
@@ -206,13 +209,21 @@ class Store:
         return bool(await self._lease(keys=[self.lease], args=[owner, int(ttl_s * 1000)]))
 
     async def publish(
-        self, owner: str, expected: str, position: str, snapshots: list[tuple[str, int, bytes]], ttl_s: float
+        self,
+        owner: str,
+        expected: str,
+        position: str,
+        snapshots: list[tuple[str, int, bytes]],
+        ttl_s: float,
+        applied: int = 0,
+        skipped: int = 0,
     ) -> int:
         """Publish snapshots and the new learner position, if ``owner`` holds the lease and nobody moved it.
 
+        ``applied`` and ``skipped`` add to the learner's counters (``HGET {p}:learner applied|skipped``).
         Returns ``PUBLISHED``, ``LEASE_LOST`` or ``POSITION_MOVED`` (the position is no longer ``expected``).
         """
-        args: list[Any] = [owner, expected, position, int(ttl_s * 1000)]
+        args: list[Any] = [owner, expected, position, int(ttl_s * 1000), applied, skipped]
         for key, version, state in snapshots:
             args += [key, version, state]
         return int(await self._publish(keys=[self.learner, self.lease], args=args))
