@@ -45,6 +45,25 @@ def _ids(value: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndar
 
 
 @dataclass(frozen=True)
+class FeatureParts:
+    """What a decision's features were built from, for policies that score from the factored form.
+
+    Parameters
+    ----------
+    query
+        Query content vector, d numbers.
+    items
+        Candidate content vectors, K rows of d.
+    context
+        Context values, C numbers.
+    """
+
+    query: np.ndarray
+    items: np.ndarray
+    context: np.ndarray
+
+
+@dataclass(frozen=True)
 class Candidates:
     """The K candidates of one decision.
 
@@ -56,12 +75,16 @@ class Candidates:
         K booleans: whether each candidate's creator is emerging.
     item_ids, creator_ids
         Optional K ids (strings); policies with item- and creator-level terms use them, others ignore them.
+    parts
+        Optional inputs the features were built from (:func:`bandits.features.make_candidates` sets them); a
+        policy may score from them instead of ``features`` with the same result.
     """
 
     features: np.ndarray
     emerging: np.ndarray
     item_ids: np.ndarray | None = None
     creator_ids: np.ndarray | None = None
+    parts: FeatureParts | None = None
 
     def __post_init__(self) -> None:
         f = np.asarray(self.features, dtype=np.float64)
@@ -76,6 +99,10 @@ class Candidates:
         object.__setattr__(self, "emerging", e)
         object.__setattr__(self, "item_ids", _ids(self.item_ids, e.shape, "item_ids"))
         object.__setattr__(self, "creator_ids", _ids(self.creator_ids, e.shape, "creator_ids"))
+        if self.parts is not None:
+            k, d = np.shape(self.parts.items)
+            if k != f.shape[0] or f.shape[1] != (2 + len(self.parts.context)) * d + 1:
+                raise ValueError(f"parts: items {np.shape(self.parts.items)} do not match features {f.shape}")
 
     @property
     def count(self) -> int:
@@ -288,11 +315,15 @@ class Policy(ABC):
         return self.scores(features)
 
     def candidate_table(
-        self, features: np.ndarray, item_ids: np.ndarray | None, creator_ids: np.ndarray | None
+        self,
+        features: np.ndarray,
+        item_ids: np.ndarray | None,
+        creator_ids: np.ndarray | None,
+        parts: FeatureParts | None = None,
     ) -> np.ndarray:
         """The score table given features and, where known, ids (shapes (..., K, F) and (..., K)).
 
-        Policies with item- and creator-level terms override this; the default ignores the ids.
+        Policies with item- and creator-level terms override this; the default ignores the ids and ``parts``.
         """
         return self.score_table(features)
 
@@ -313,6 +344,14 @@ class Policy(ABC):
             score, ties split evenly, so a deterministic policy logs propensity 1.0 (unless a floor is set).
         """
         return greedy(scores, available)
+
+    def greedy_mixture(self) -> float | None:
+        """``epsilon`` when :meth:`slot_probabilities` is exactly ``(1 - epsilon) * greedy + epsilon * uniform``.
+
+        Lets :meth:`rank` sample such policies without building each slot's distribution; None (the default)
+        means the policy's slot distribution has another form.
+        """
+        return None
 
     @abstractmethod
     def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
@@ -360,7 +399,7 @@ class Policy(ABC):
     def table(self, candidates: Candidates) -> np.ndarray:
         """The score table with the exposure's emerging weight applied."""
         self._check(candidates)
-        table = self.candidate_table(candidates.features, candidates.item_ids, candidates.creator_ids)
+        table = self.candidate_table(candidates.features, candidates.item_ids, candidates.creator_ids, candidates.parts)
         return self._weighted(np.asarray(table, dtype=np.float64), candidates.emerging)
 
     def _weighted(self, table: np.ndarray, emerging: np.ndarray) -> np.ndarray:
@@ -388,8 +427,13 @@ class Policy(ABC):
         The propensity of each slot is exactly the probability used to draw it.
         """
         table = self.table(candidates)
-        available = np.ones(candidates.count, dtype=bool)
         n = min(num_items, candidates.count)
+        mixture = self.greedy_mixture()
+        if mixture is not None and table.ndim == 1:
+            fast = _rank_greedy_mixture(table, candidates.emerging, n, mixture, self.exposure, rng)
+            if fast is not None:
+                return Slate(indices=fast[0], propensities=fast[1], scores=table)
+        available = np.ones(candidates.count, dtype=bool)
         owed = int(self.exposure.required(n))
         indices = np.empty(n, dtype=np.int64)
         propensities = np.empty(n, dtype=np.float64)
@@ -534,6 +578,73 @@ def _chunk(batch: CandidateBatch, start: int, stop: int) -> CandidateBatch:
         cut(batch.item_ids),
         cut(batch.creator_ids),
     )
+
+
+def _rank_greedy_mixture(
+    table: np.ndarray, emerging: np.ndarray, n: int, epsilon: float, exposure: Exposure, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:meth:`Policy.rank` for ``(1 - epsilon) * greedy + epsilon * uniform`` slots, without per-slot arrays.
+
+    Same distributions as the general path to the last bit (same operations in the same order); returns None
+    when scores tie, which the general path splits evenly.
+    """
+    k = len(table)
+    order = np.argsort(-table, kind="stable")
+    ranked = table[order]
+    if (ranked[:-1] == ranked[1:]).any():
+        return None
+    floor = exposure.floor
+    taken = np.zeros(k, dtype=bool)
+    is_emerging = emerging.tolist()
+    order_list = order.tolist()
+    avail, em_avail = k, int(emerging.sum())
+    owed = int(exposure.required(n))
+    indices = np.empty(n, dtype=np.int64)
+    propensities = np.empty(n, dtype=np.float64)
+    draws = rng.random(n)
+    cursor = 0
+    for slot in range(n):
+        restrict = owed > 0 and owed >= n - slot and em_avail > 0
+        while taken[order_list[cursor]]:
+            cursor += 1
+        top = order_list[cursor]
+        if restrict:
+            j = cursor
+            while taken[order_list[j]] or not is_emerging[order_list[j]]:
+                j += 1
+            top = order_list[j]
+        allowed = em_avail if restrict else avail
+        share = epsilon * (1.0 / allowed)
+        p_top = (1.0 - epsilon) * 1.0 + share
+        p_allowed = 0.0 + share
+        p_other = 0.0
+        if floor:
+            p_top = (1.0 - floor) * p_top + floor * 1.0 / avail
+            p_allowed = (1.0 - floor) * p_allowed + floor * 1.0 / avail
+            p_other = floor * 1.0 / avail
+        r = float(draws[slot])
+        choice, p = top, p_top
+        if r >= p_top:
+            r -= p_top
+            available = ~taken
+            available[top] = False
+            allowed_pool = available & emerging if restrict else available
+            mass = (allowed - 1) * p_allowed
+            pool, p = (allowed_pool, p_allowed) if r < mass or not p_other else (available & ~allowed_pool, p_other)
+            if r >= mass and p_other:
+                r -= mass
+            cells = np.flatnonzero(pool)
+            if cells.size and p > 0:
+                choice = int(cells[min(int(r / p), cells.size - 1)])
+            else:  # a draw past the last cell by rounding
+                choice, p = top, p_top
+        indices[slot], propensities[slot] = choice, p
+        taken[choice] = True
+        avail -= 1
+        if is_emerging[choice]:
+            em_avail -= 1
+            owed -= 1
+    return indices, propensities
 
 
 def read_snapshot(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -46,3 +46,7 @@ class EpsilonGreedy(LinearPolicy):
 
     def _params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon} | self._linear_params()
+
+    def greedy_mixture(self) -> float | None:
+        """Epsilon: this policy's slots are exactly greedy mixed with uniform."""
+        return self.epsilon

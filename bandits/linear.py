@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bandits.base import CandidateBatch, Exposure, Policy
+from bandits.base import CandidateBatch, Exposure, FeatureParts, Policy
 from bandits.ridge import ArmTerms, RidgeRegression, examination
 
 Arms = tuple[np.ndarray, np.ndarray] | None
@@ -55,8 +55,8 @@ class LinearPolicy(Policy):
 
     # -- scoring -----------------------------------------------------------------------------------------------
 
-    def linear_table(self, features: np.ndarray, arms: Arms) -> np.ndarray:
-        """Score table from features (..., K, F) and bucket numbers (..., K) or None."""
+    def linear_table(self, features: np.ndarray, arms: Arms, parts: FeatureParts | None = None) -> np.ndarray:
+        """Score table from features (..., K, F), bucket numbers (..., K) or None, and optionally the parts."""
         return self.mean(features, arms)
 
     def mean(self, features: np.ndarray, arms: Arms) -> np.ndarray:
@@ -72,11 +72,15 @@ class LinearPolicy(Policy):
         return table if table.ndim == features.ndim - 1 else table.mean(axis=-2)
 
     def candidate_table(
-        self, features: np.ndarray, item_ids: np.ndarray | None, creator_ids: np.ndarray | None
+        self,
+        features: np.ndarray,
+        item_ids: np.ndarray | None,
+        creator_ids: np.ndarray | None,
+        parts: FeatureParts | None = None,
     ) -> np.ndarray:
         """Score table with item/creator terms and optimism where the ids are known."""
         arms = self._arms(item_ids, creator_ids)
-        table = self.linear_table(features, arms)
+        table = self.linear_table(features, arms, parts)
         if arms is not None and self.arms is not None and self.exposure.optimism:
             bonus = self.exposure.optimism * self.arms.bonus(*arms)
             table = table + (bonus[..., None, :] if table.ndim > bonus.ndim else bonus)

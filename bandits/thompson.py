@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bandits.base import Exposure
+from bandits.base import Exposure, FeatureParts
 from bandits.linear import Arms, LinearPolicy
 
 #: Rows of the per-draw noise table for item/creator terms (buckets share rows modulo this size).
@@ -73,7 +73,7 @@ class LinearThompson(LinearPolicy):
         L = np.linalg.cholesky(self.model.A_inv)
         self._deviation = self.scale * (L @ self._z)
 
-    def linear_table(self, features: np.ndarray, arms: Arms) -> np.ndarray:
+    def linear_table(self, features: np.ndarray, arms: Arms, parts: FeatureParts | None = None) -> np.ndarray:
         """Draws by candidates: (..., M, K) scores, one row per posterior draw."""
         mean = self.mean(features, arms)
         table = np.swapaxes(features @ self._deviation, -1, -2) + mean[..., None, :]
