@@ -31,7 +31,7 @@ from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA, DecisionLog
 from offline_eval.replay import decisions
 from server.recommender import PolicyBook
-from server.settings import LearnerSettings
+from server.settings import LearnerSettings, LimitSettings
 from server.store import PUBLISHED, Store, joined_record
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ class Learner:
     index
         The index artifact the decisions were made with.
     settings
-        Batch size, poll interval, lease and value bounds.
+        Batch size, poll interval and lease.
     owner
         This process's identity (holds the lease).
+    limits
+        Largest context value and reward magnitude a record may carry to reach a model.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Learner:
         index: IndexArtifact,
         settings: LearnerSettings,
         owner: str,
+        limits: LimitSettings,
     ) -> None:
         self.store, self.make_policies, self.index, self.settings, self.owner = (
             store,
@@ -69,6 +72,7 @@ class Learner:
             settings,
             owner,
         )
+        self.limits = limits
         self.policies = make_policies()
         self.keys = {key for key, _ in self.policies.items()}
         self.position = "0-0"
@@ -153,10 +157,10 @@ class Learner:
 
     def _usable(self, entry_id: Any, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
         """The entry as a record, or None (logged) when it must not reach a model."""
-        bound = self.settings.max_abs_value
         try:
             record = joined_record(fields)
-            values = [float(x) for x in record["context_values"]] + [float(x) for x in record["rewards"]]
+            context = [float(x) for x in record["context_values"]]
+            rewards = [float(x) for x in record["rewards"]]
             wrong_index = record["index_version"] != self.index.version
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("learner: joined entry %r does not parse (%s); skipped", entry_id, exc)
@@ -167,8 +171,12 @@ class Learner:
         if wrong_index:
             log.warning("learner: joined entry %r was made with index %s; skipped", entry_id, record["index_version"])
             return None
-        if not all(math.isfinite(x) and abs(x) <= bound for x in values):
-            log.warning("learner: joined entry %r has a context value or reward beyond +-%g; skipped", entry_id, bound)
+        if not all(math.isfinite(x) and abs(x) <= self.limits.max_context_abs for x in context) or not all(
+            math.isfinite(x) and abs(x) <= self.limits.max_reward_abs for x in rewards
+        ):
+            log.warning(
+                "learner: joined entry %r has a non-finite or out-of-range context value or reward; skipped", entry_id
+            )
             return None
         return record
 

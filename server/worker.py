@@ -65,7 +65,9 @@ def start_background(
         bg.joiner = Joiner(store, settings.join)
         bg.loops.append(Loop("joiner", bg.joiner.step, stop))
     if "learner" in roles:
-        bg.learner = Learner(store, lambda: PolicyBook(settings, index.dim), index, settings.learner, name)
+        bg.learner = Learner(
+            store, lambda: PolicyBook(settings, index.dim), index, settings.learner, name, settings.limits
+        )
         bg.loops.append(Loop("learner", bg.learner.step, stop))
     if "exporter" in roles:
         bg.exporter = Exporter(store, settings.export, name)
