@@ -134,10 +134,10 @@ class VowpalWabbit(Policy):
             self._cache = (features, [self._parser.parse_line(line) for line in _lines(features)])
         cells = np.flatnonzero(available)
         examples = self._cache[1]
-        prediction = self._workspace.predict_one([examples[i] for i in cells])
+        prediction: Any = self._workspace.predict_one([examples[i] for i in cells])
         p = np.zeros(len(features))
         for action, prob in prediction:
-            p[cells[action]] = prob
+            p[cells[int(action)]] = float(prob)
         return p / p.sum()
 
     def table(self, candidates: Candidates) -> np.ndarray:
