@@ -19,6 +19,7 @@ examples are dropped right after use (each holds tens of kilobytes).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -210,9 +211,15 @@ class VowpalWabbit(Policy):
         self._workspace, self._parser, self._cache = workspace, vw.TextFormatParser(workspace), None
 
 
+@functools.lru_cache(maxsize=16)
+def _format(width: int) -> str:
+    return "|a " + " ".join(f"{j}:%.6g" for j in range(width))
+
+
 def _line(x: np.ndarray, label: str = "") -> str:
-    return label + "|a " + " ".join(f"{j}:{v:.6g}" for j, v in enumerate(x.tolist()) if v)
+    return label + _format(len(x)) % tuple(x.tolist())
 
 
 def _lines(features: np.ndarray) -> list[str]:
-    return [_line(x) for x in features]
+    fmt = _format(features.shape[1])
+    return [fmt % tuple(row) for row in features.tolist()]
