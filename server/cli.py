@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "reflection, plus the joiner, learner and exporter loops.",
     )
     serve.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
-    serve.add_argument("--port", type=int, help="port to listen on (0 picks a free one)")
+    serve.add_argument("--port", type=port_number, help="port to listen on, 0..65535 (0 picks a free one)")
     serve.add_argument("--index", type=Path, help="index artifact directory")
     serve.add_argument(
         "--no-background",
@@ -95,11 +95,24 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it tried: noise unless debugging
     try:
         return int(COMMANDS[args.command](args) or 0)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
+
+
+def port_number(text: str) -> int:
+    """``--port``: an integer in 0..65535 (argparse names the flag when this refuses)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..65535, got {text!r}")
+    return port
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,9 +12,10 @@ import redis
 
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ScoutError
 from server.pb import scout_pb2, scout_pb2_grpc
-from server.recommender import MAX_ID_LENGTH, Recommender, RecommendInput
+from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
+from server.validation import check_reward
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -96,12 +96,7 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         self, request: scout_pb2.RewardRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RewardResponse:
         """Validate and record a reward for one served item; duplicates are acknowledged and ignored."""
-        if not request.event_id or len(request.event_id) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-        if not request.item_id or "\n" in request.item_id or len(request.item_id) > MAX_ID_LENGTH:
-            raise InvalidArgument("item_id must be a non-empty id without line breaks")
-        if not math.isfinite(request.value):
-            raise InvalidArgument(f"value must be finite, got {request.value}")
+        check_reward(self.recommender.settings.limits, request.event_id, request.item_id, request.value)
         outcome = await self.store.record_reward(request.event_id, request.item_id, request.value)
         if outcome == UNKNOWN:
             raise NotFound(f"event_id {request.event_id!r} is not a known decision")
