@@ -48,9 +48,15 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
             return await handler(self, request, context)
         except ScoutError as exc:
             await context.abort(exc.code, str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             log.warning("%s: redis unavailable: %s", handler.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry")
+        except redis.ResponseError as exc:
+            if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+                log.exception("%s failed", handler.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            log.error("%s: redis is at its memory cap (maxmemory, noeviction): %s", handler.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is full; retry later")
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
