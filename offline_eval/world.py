@@ -30,10 +30,10 @@ import numpy as np
 
 from bandits.base import Candidates, Policy
 from embeddings.base import Catalog
+from offline_eval.vocabulary import GENERIC_WORDS, GENRE_WORDS, TAG_WORDS
 
 CONTEXT_KEYS = ("mobile", "evening")
 GENRES = ("ambient", "jazz", "rock", "hiphop", "classical", "folk", "electronic", "spoken")
-_SYLLABLES = ("ka", "lo", "mi", "ra", "ve", "tu", "sho", "an", "el", "dri", "mo", "zen", "pa", "qui", "ber", "ny")
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,9 @@ class SyntheticWorld:
 
     def _make_catalog(self, rng: np.random.Generator, descriptors: np.ndarray) -> Catalog:
         cfg = self.config
-        vocab = [[_word(rng) for _ in range(40)] for _ in GENRES]
-        generic = [_word(rng) for _ in range(60)]
-        tag_names = [f"{_word(rng)}-{GENRES[i % len(GENRES)]}" for i in range(cfg.num_tags)]
+        vocab = [list(GENRE_WORDS[g]) for g in GENRES]
+        generic = list(GENERIC_WORDS)
+        tag_names = [f"{_word(i)}-{GENRES[i % len(GENRES)]}" for i in range(cfg.num_tags)]
         tag_dirs = _unit(rng.normal(size=(cfg.num_tags, cfg.latent_dim)))
         genre = np.argmax(self.item_latent, axis=1)
         second = np.argsort(-self.item_latent, axis=1)[:, 1]
@@ -251,5 +251,5 @@ def _norm(p: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-def _word(rng: np.random.Generator) -> str:
-    return "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4))))
+def _word(index: int) -> str:
+    return TAG_WORDS[index % len(TAG_WORDS)] + ("" if index < len(TAG_WORDS) else str(index // len(TAG_WORDS)))
