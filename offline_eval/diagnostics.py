@@ -95,7 +95,7 @@ class WeightSummary:
         self.max_weight = max(self.max_weight, float(weights.max()) if weights.size else 0.0)
         self.unsupported += float((data.target_propensity[data.mask] == 0).sum())
         self.deterministic += float(np.all((data.logged_propensity == 1.0) | ~data.mask, axis=1).sum())
-        self.histogram += np.bincount(np.searchsorted(_EDGES, data.slate_weights()), minlength=len(_EDGES) + 1)
+        self.histogram += np.bincount(_bin(data.slate_weights()), minlength=len(_EDGES) + 1)
 
     def merge(self, other: WeightSummary) -> WeightSummary:
         """Add ``other`` into this one and return it."""
@@ -158,6 +158,13 @@ class WeightSummary:
             b = int(np.searchsorted(cdf, q))
             out.append(0.0 if b == 0 else float(_EDGES[min(b, len(_EDGES) - 1)]))
         return out
+
+
+def _bin(weights: np.ndarray) -> np.ndarray:
+    """Histogram bin of each weight: 0 for w <= 1e-6, b for ``_EDGES[b-1] < w <= _EDGES[b]`` (log-spaced, 1%)."""
+    with np.errstate(divide="ignore"):
+        position = np.ceil((np.log10(np.maximum(weights, 1e-300)) + 6.0) * 100.0 - 1e-9)
+    return np.clip(position, 0, len(_EDGES)).astype(np.int64)
 
 
 def diagnose(data: SlateData) -> Diagnostics:

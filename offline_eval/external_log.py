@@ -218,6 +218,26 @@ def _split_last_round(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
 def _pivot(file: Path, cols: dict[str, np.ndarray], features: list[str], slots: int) -> SlateData:
     """Rows to rounds: n-by-S arrays (positions must be 0, 1, ... within a round)."""
     rows = len(cols["reward"])
+    if "round" not in cols and "position" not in cols:  # one action per round: no pivot needed
+        context = np.stack([cols[f] for f in features], axis=1) if features else np.zeros((rows, 0))
+        x = np.zeros((rows, slots, context.shape[1]))
+        x[:, 0] = context
+        one = np.zeros((rows, slots), dtype=bool)
+        one[:, 0] = True
+
+        def slot0(values: np.ndarray, fill: float) -> np.ndarray:
+            out = np.full((rows, slots), fill)
+            out[:, 0] = values
+            return out
+
+        return SlateData(
+            slot0(cols["propensity"], 1.0),
+            slot0(cols["target_propensity"], 0.0),
+            slot0(cols["reward"], 0.0),
+            one,
+            x,
+            x,
+        )
     if "round" in cols:
         starts = np.concatenate([[True], cols["round"][1:] != cols["round"][:-1]])
     else:
