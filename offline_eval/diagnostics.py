@@ -127,9 +127,12 @@ class WeightSummary:
                 )
         if self.max_weight > 100:
             warnings.append(f"largest importance weight is {self.max_weight:.0f}: IPS is dominated by a few decisions")
-        worst = float(deficiency.max()) if deficiency.size else 0.0
-        if worst > 0.05 and self.n >= 100:
-            slot = int(np.argmax(deficiency))
+        # Warn only where the deficiency is large and clearly beyond the mean weight's sampling noise.
+        spread = np.sqrt(np.maximum(squares / np.maximum(served, 1) - mean_weight**2, 0.0) / np.maximum(served, 1))
+        clear = np.where(deficiency > np.maximum(0.05, 3.0 * spread), deficiency, 0.0)
+        worst = float(clear.max()) if clear.size else 0.0
+        if worst > 0 and self.n >= 100:
+            slot = int(np.argmax(clear))
             warnings.append(
                 f"slot {slot}: the target puts about {worst:.0%} of its probability on items the logging policy "
                 "never chose there (support deficiency): importance-weighted estimates miss that part of its value"

@@ -21,6 +21,7 @@ from bandits.emerging import EmergingRule
 from bandits.features import build_features, build_features_batch
 from embeddings.index import IndexArtifact
 from offline_eval.base import SlateData
+from offline_eval.emerging_metrics import CandidateInfo
 from offline_eval.logs import SCHEMA, DecisionLog, LogError
 
 
@@ -79,6 +80,25 @@ def replay(log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 
     if not parts:
         raise LogError("the log has no decisions")
     return concat(parts)
+
+
+def replay_with_distributions(
+    log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192
+) -> tuple[SlateData, list[np.ndarray], list[CandidateInfo]]:
+    """:func:`replay`, plus each chunk's n-by-S-by-K target distributions and candidate facts (for exposure)."""
+    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
+    parts, dists, infos = [], [], []
+    for start in range(0, table.num_rows, chunk):
+        batch = rebuild(table.slice(start, chunk), index, start)
+        d = target.replay_distributions(batch.candidates, batch.served)
+        parts.append(batch.slate_data(d))
+        dists.append(d)
+        c = batch.candidates
+        assert c.creator_ids is not None
+        infos.append(CandidateInfo(c.creator_ids, c.emerging, c.valid, batch.served))
+    if not parts:
+        raise LogError("the log has no decisions")
+    return concat(parts), dists, infos
 
 
 def replay_table(table: pa.Table | pa.RecordBatch, index: IndexArtifact, target: Policy, offset: int = 0) -> SlateData:
