@@ -9,8 +9,11 @@ from bandits.epsilon_greedy import EpsilonGreedy
 from bandits.linucb import LinUCB
 from bandits.softmax import Softmax
 from bandits.thompson import LinearThompson
+from bandits.vowpal import VowpalWabbit
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (EpsilonGreedy, LinUCB, Softmax, LinearThompson)}
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, Softmax, LinearThompson, VowpalWabbit)
+}
 
 
 def create_policy(name: str, feature_dim: int, params: dict[str, Any]) -> Policy:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bandits.base import Candidates
-from bandits.emerging import EmergingRule
+from bandits.emerging import EmergingRule, merge_candidates
 from bandits.features import block_weights, build_features, build_features_batch, feature_dim, make_candidates
 from bandits.linucb import LinUCB
 
@@ -67,3 +67,16 @@ def test_linucb_scores_from_parts_equal_scores_from_features() -> None:
     plain = Candidates(build_features(query, items, context), np.zeros(7, bool), ids, ids)
     assert with_parts.parts is not None and plain.parts is None
     np.testing.assert_allclose(policy.table(with_parts), policy.table(plain), rtol=1e-10)
+
+
+def test_merge_candidates_reserves_a_quota_for_the_emerging_list() -> None:
+    main = ["a", "b", "e1", "c", "d", "f"]
+    emerging = ["e1", "e2", "e3"]
+    ids, from_quota = merge_candidates(main, emerging, total=5, quota=2)
+    assert ids == ["a", "b", "e1", "e2", "e3"] and from_quota == [False, False, False, True, True]
+    assert merge_candidates(main, emerging, total=5, quota=2) == (ids, from_quota)  # deterministic
+    ids, _ = merge_candidates(main, ["e1"], total=5, quota=3)  # little to add: main fills the rest
+    assert ids == ["a", "b", "e1", "c", "d"]
+    assert merge_candidates(main, emerging, total=4, quota=0)[0] == main[:4]
+    with pytest.raises(ValueError, match="quota"):
+        merge_candidates(main, emerging, total=3, quota=4)

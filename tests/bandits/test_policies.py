@@ -27,6 +27,11 @@ CASES = {
         {"temperature": 0.3, "arm_buckets": 64, "optimism": 0.5, "emerging_slots": 1, "emerging_weight": 0.2},
     ),
     "linucb_quota": ("linucb", {"alpha": 0.5, "arm_buckets": 64, "emerging_share": 0.5, "floor": 0.2}),
+    "vw_epsilon": ("vw", {"exploration": "epsilon", "epsilon": 0.2}),
+    "vw_softmax": ("vw", {"exploration": "softmax", "lam": 2.0}),
+    "vw_bag": ("vw", {"exploration": "bag", "bag": 3, "epsilon": 0.1, "floor": 0.1}),
+    "vw_squarecb": ("vw", {"exploration": "squarecb"}),
+    "vw_cover": ("vw", {"exploration": "cover", "cover": 2, "emerging_slots": 1}),
 }
 
 
@@ -134,7 +139,8 @@ def test_state_round_trips_without_pickle(case: str) -> None:
     loaded = load_policy(data)
     assert type(loaded) is type(policy) and loaded.version == 7 and loaded.params() == policy.params()
     cands = candidates()
-    np.testing.assert_allclose(loaded.table(cands), policy.table(cands))
+    served = np.array([0, 2, 1])
+    np.testing.assert_allclose(loaded.slot_distributions(cands, served), policy.slot_distributions(cands, served))
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         assert all(npz[key].dtype != object for key in npz.files)
 
@@ -237,6 +243,15 @@ def test_corrupt_or_foreign_snapshots_are_rejected() -> None:
     bigger = create_policy("linucb", F + 1, {})
     with pytest.raises(PolicyStateError, match="expected dimension"):
         bigger._load_state(trained("linucb")._state())
+    with pytest.raises(PolicyStateError, match="vw model does not load"):
+        create_policy("vw", F, {})._load_state({"vw_model": np.frombuffer(b"not a model", dtype=np.uint8)})
+
+
+def test_vw_rejects_settings_it_cannot_honour() -> None:
+    with pytest.raises(ValueError, match="exploration"):
+        create_policy("vw", F, {"exploration": "ucb"})
+    with pytest.raises(ValueError, match="emerging_weight"):
+        create_policy("vw", F, {"emerging_weight": 0.1})
 
 
 def test_deterministic_policy_logs_one_and_splits_ties() -> None:
