@@ -1,6 +1,7 @@
 """Bandit logs from outside Scout: a simple CSV/Parquet layout, read in bounded batches and validated.
 
-One row per logged action; the rows of one slate share a ``round`` and are contiguous, in position order.
+One row per logged action; the rows of one slate share a ``round`` and are contiguous, in position order, in one
+file (a round never spans two files).
 
 ===================  =========================  ==============================================================
 column               type                       meaning
@@ -56,9 +57,10 @@ class ExternalBatch:
     data
         The rounds, padded to the reader's number of slots; features are the context columns.
     first_round
-        Ordinal of the batch's first round over all files read (for cross-fitting folds and bootstrap keys).
+        Id of the batch's first round: ``file_number * 2**40`` plus the round's ordinal in its file (ids of a
+        batch's rounds are consecutive); it places rounds in cross-fitting folds the same way on any runner.
     key
-        Batch number over all files read.
+        ``file_number * 2**32`` plus the batch's number in its file; it seeds the batch's bootstrap counts.
     """
 
     data: SlateData
@@ -119,38 +121,46 @@ def read_external(
     files = log_files(path)
     slots = slots or count_slots(files)
     features: list[str] | None = None
-    key, first_round = 0, 0
-    for file in files:
-        names = _columns(file)
-        missing = [c for c in REQUIRED if c not in names]
-        if missing:
-            raise LogError(f"{file}: missing column(s) {', '.join(missing)}")
-        if "target_propensity" not in names:
-            raise LogError(f"{file}: missing column target_propensity (the target's probability of the action)")
-        file_features = sorted(c for c in names if c.startswith(CONTEXT_PREFIX))
-        if features is None:
-            features = file_features
-        elif file_features != features:
-            raise LogError(f"{file}: context columns {file_features} differ from the first file's {features}")
-        wanted = [c for c in (*REQUIRED, "target_propensity", "round", "position") if c in names] + features
-        carry: dict[str, np.ndarray] | None = None
-        offset = 0
-        for batch in _batches(file, wanted, batch_size):
-            cols = _validate(file, batch, offset)
-            offset += batch.num_rows
-            if carry is not None:
-                cols = {c: np.concatenate([carry[c], cols[c]]) for c in cols}
-            cols, carry = _split_last_round(cols)
-            if len(cols["reward"]):
-                data = _pivot(file, cols, features, slots)
-                yield ExternalBatch(data, first_round, key)
-                first_round += data.n
-                key += 1
-        if carry is not None and len(carry["reward"]):
-            data = _pivot(file, carry, features, slots)
+    for number, file in enumerate(files):
+        yield from read_file(file, number, batch_size, slots, features)
+        features = sorted(c for c in _columns(file) if c.startswith(CONTEXT_PREFIX))
+
+
+def read_file(
+    file: Path, number: int, batch_size: int, slots: int, features: list[str] | None = None
+) -> Iterator[ExternalBatch]:
+    """The batches of one file (its ``number`` among the files read); ``features`` are the expected context columns."""
+    key, first_round = number << 32, number << 40
+    names = _columns(file)
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise LogError(f"{file}: missing column(s) {', '.join(missing)}")
+    if "target_propensity" not in names:
+        raise LogError(f"{file}: missing column target_propensity (the target's probability of the action)")
+    file_features = sorted(c for c in names if c.startswith(CONTEXT_PREFIX))
+    if features is None:
+        features = file_features
+    elif file_features != features:
+        raise LogError(f"{file}: context columns {file_features} differ from the first file's {features}")
+    wanted = [c for c in (*REQUIRED, "target_propensity", "round", "position") if c in names] + features
+    carry: dict[str, np.ndarray] | None = None
+    offset = 0
+    for batch in _batches(file, wanted, batch_size):
+        cols = _validate(file, batch, offset)
+        offset += batch.num_rows
+        if carry is not None:
+            cols = {c: np.concatenate([carry[c], cols[c]]) for c in cols}
+        cols, carry = _split_last_round(cols)
+        if len(cols["reward"]):
+            data = _pivot(file, cols, features, slots)
             yield ExternalBatch(data, first_round, key)
             first_round += data.n
             key += 1
+    if carry is not None and len(carry["reward"]):
+        data = _pivot(file, carry, features, slots)
+        yield ExternalBatch(data, first_round, key)
+        first_round += data.n
+        key += 1
 
 
 def _columns(file: Path) -> list[str]:

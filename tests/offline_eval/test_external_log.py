@@ -14,6 +14,7 @@ from offline_eval.estimators import create_estimators
 from offline_eval.evaluation import evaluate_data
 from offline_eval.external_log import read_external
 from offline_eval.logs import LogError
+from offline_eval.reward_model import cross_fit
 from offline_eval.streaming import evaluate_external, in_memory
 
 
@@ -38,15 +39,18 @@ def to_rows(data: SlateData, seed: int = 0) -> pa.Table:
 def test_streaming_in_small_batches_equals_the_in_memory_path(tmp_path: Path) -> None:
     world = slate_world(seed=21)
     table = to_rows(sample(world, 4_000, seed=22))
-    pq.write_table(table.slice(0, 5000), tmp_path / "a.parquet")
-    pcsv.write_csv(table.slice(5000), tmp_path / "b.csv")
+    cut = int((table.column("round").to_numpy() < 2500).sum())  # files hold whole rounds
+    pq.write_table(table.slice(0, cut), tmp_path / "a.parquet")
+    pcsv.write_csv(table.slice(cut), tmp_path / "b.csv")
     batches = list(read_external(tmp_path, batch_size=777))
     assert len(batches) > 5
     data = in_memory(batches)
     assert data.n == 4_000 and data.slots == 3
     names = ["ips", "snips", "dr", "sndr", "slate_ips", "pseudo_inverse"]
     streamed = evaluate_external(tmp_path, create_estimators(names), batch_size=777)
-    whole = evaluate_data(data, create_estimators(names))
+    rows = np.concatenate([np.arange(b.first_round, b.first_round + b.data.n) for b in batches])
+    assert rows[-1] > 1 << 40  # the second file's rounds
+    whole = evaluate_data(data, create_estimators(names), predictions=cross_fit(data, rows=rows))
     for s, w in zip(streamed.estimates, whole.estimates, strict=True):
         assert s.value == pytest.approx(w.value, rel=1e-9), s
         assert s.std_error == pytest.approx(w.std_error, rel=1e-6), s
