@@ -15,12 +15,13 @@ from embeddings.index import IndexArtifact
 from server.exporter import Exporter
 from server.joiner import run_joiner
 from server.learner import Learner, refresh_policies, run_refresher
-from server.pb import scout_pb2, scout_pb2_grpc
+from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
+from server.validation import add_recommender_to_server
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scout_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -75,9 +76,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     await refresh_policies(store, policies)
 
     server = grpc.aio.server()
-    scout_pb2_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(Recommender(settings, index, policies), store, settings.join), server
-    )
+    add_recommender_to_server(RecommenderService(Recommender(settings, index, policies), store, settings.join), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
