@@ -1,7 +1,9 @@
-"""Value types of the embeddings package: the catalog and its content signals."""
+"""Interface and value types of the embeddings package: the catalog, its content signals, text encoders."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,3 +51,22 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+
+class TextEncoder(ABC):
+    """Turns strings into fixed-width float32 vectors; the interface every text encoder fills.
+
+    Attributes
+    ----------
+    name
+        A stable identifier of the encoder and its settings (it keys the text-vector cache).
+    dim
+        Width of the vectors it returns.
+    """
+
+    name: str
+    dim: int
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode N strings: N-by-``dim`` float32; an empty string gives a zero row (the signal is missing)."""

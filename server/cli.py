@@ -55,6 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
     build.add_argument("--batch-size", type=int, default=4096, help="items per encoding batch (default 4096)")
     build.add_argument("--seed", type=int, default=0, help="encoder seed (default 0)")
+    build.add_argument(
+        "--text-encoder", choices=("hashed", "minilm"), default="hashed", help="text encoder (default hashed)"
+    )
+    build.add_argument("--text-cache", type=Path, help="text-vector cache directory (re-encode only changed texts)")
+    build.add_argument(
+        "--index-type",
+        choices=("auto", "flat", "ivf_flat", "ivf_pq", "hnsw"),
+        default="auto",
+        help="FAISS index (default auto: flat below 50k items, else IVF-Flat with nprobe tuned to the target recall)",
+    )
+    build.add_argument("--nlist", type=int, help="IVF lists (default 4*sqrt(N) as a power of two)")
+    build.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned)")
+    build.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantizers (default 16)")
+    build.add_argument("--m", type=int, default=32, help="HNSW graph degree (default 32)")
+    build.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam (default 40)")
+    build.add_argument("--ef-search", type=int, help="HNSW search beam (default: tuned)")
+    build.add_argument("--train-size", type=int, help="vectors sampled to train IVF (default min(N, 64*nlist))")
+    build.add_argument(
+        "--target-recall", type=float, default=0.95, help="recall@200 the tuned nprobe/ef-search reach (default 0.95)"
+    )
+    build.add_argument("--publish", action="store_true", help="write --out/<version>/ and point --out/CURRENT at it")
 
     serve = commands.add_parser(
         "serve",
@@ -70,6 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve requests only; run the joiner, learner and exporter elsewhere",
     )
+
+    worker = commands.add_parser(
+        "worker",
+        help="run the joiner, learner and/or exporter as their own process",
+        description="Run background loops against a shared Redis (redis_url or SCOUT_REDIS_URL), next to "
+        "servers started with --no-background. With no role flag, runs all three. Any number of workers "
+        "may share one Redis.",
+    )
+    worker.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
+    worker.add_argument("--index", type=Path, help="index artifact directory (the learner replays with it)")
+    worker.add_argument("--joiner", action="store_true", help="join decisions whose reward window closed")
+    worker.add_argument("--learner", action="store_true", help="learn from joined decisions, publish snapshots")
+    worker.add_argument("--exporter", action="store_true", help="export joined decisions and late rewards")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -135,10 +169,28 @@ def _build(args: argparse.Namespace) -> None:
     from embeddings.builder import build_artifact
     from embeddings.catalog import read_catalog
     from embeddings.encoder import EncoderConfig
+    from embeddings.factory import IndexConfig
 
-    config = EncoderConfig(dim=args.dim, batch_size=args.batch_size, seed=args.seed, device=args.device)
-    artifact = build_artifact(read_catalog(args.catalog), config, progress=True)
-    artifact.save(args.out)
+    config = EncoderConfig(
+        dim=args.dim, batch_size=args.batch_size, seed=args.seed, device=args.device, text_encoder=args.text_encoder
+    )
+    index_config = IndexConfig(
+        index_type=args.index_type,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        hnsw_m=args.m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        train_size=args.train_size,
+        target_recall=args.target_recall,
+    )
+    catalog = read_catalog(args.catalog)
+    artifact = build_artifact(catalog, config, progress=True, index_config=index_config, text_cache=args.text_cache)
+    if args.publish:
+        artifact.publish(args.out)
+    else:
+        artifact.save(args.out)
     print(json.dumps(artifact.manifest, indent=2))
 
 
@@ -164,6 +216,25 @@ def _serve(args: argparse.Namespace) -> None:
         await server.stop()
 
     asyncio.run(serve())
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from server.settings import load_settings
+    from server.worker import ROLES, run_worker
+
+    settings = load_settings(args.config)
+    if args.index is not None:
+        settings = replace(settings, index=args.index)
+    roles = tuple(role for role in ROLES if getattr(args, role)) or ROLES
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, roles, stop)
+
+    asyncio.run(work())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -232,7 +303,14 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-COMMANDS = {"demo": _demo, "world": _world, "build": _build, "serve": _serve, "evaluate": _evaluate}
+COMMANDS = {
+    "demo": _demo,
+    "world": _world,
+    "build": _build,
+    "serve": _serve,
+    "worker": _worker,
+    "evaluate": _evaluate,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -122,6 +122,7 @@ class ServerSettings:
     port: Annotated[int, Bounds(ge=0, le=65535)]
     max_num_items: Annotated[int, Bounds(ge=1, le=1000)]
     refresh_interval_s: PositiveFloat
+    health_interval_s: PositiveFloat = 0.5
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
 
 
@@ -134,7 +135,14 @@ class JoinSettings:
     poll_interval_s: PositiveFloat
     batch: PositiveInt
     closed_ttl_s: PositiveInt
-    decision_stream_maxlen: PositiveInt
+    decision_stream_maxlen: Annotated[int, Bounds(ge=0)]
+    pending_ttl_s: PositiveInt = 604800
+    joined_stream_maxlen: PositiveInt = 1000000
+    late_stream_maxlen: PositiveInt = 100000
+
+    def __post_init__(self) -> None:
+        if self.pending_ttl_s <= self.reward_window_s:
+            raise FieldError(("pending_ttl_s",), f"must exceed reward_window_s ({self.reward_window_s:g})")
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,24 @@ class LearnerSettings:
 
     poll_interval_s: PositiveFloat
     batch: PositiveInt
+    lease_ttl_s: PositiveFloat = 10.0
 
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """Parquet export of joined decisions."""
+    """Parquet export of joined decisions (and late rewards); files roll by rows, bytes or age."""
 
     log_dir: Path
     flush_rows: PositiveInt
     flush_interval_s: PositiveFloat
+    max_file_bytes: PositiveInt = 128 * 1024 * 1024
+    late_log_dir: Path | None = None
+    consumer_ttl_s: PositiveFloat = 30.0
+
+    @property
+    def late_dir(self) -> Path:
+        """Where late rewards are exported: ``late_log_dir``, else ``late`` next to ``log_dir``."""
+        return self.late_log_dir if self.late_log_dir is not None else self.log_dir.parent / "late"
 
 
 @dataclass(frozen=True)
@@ -176,8 +193,14 @@ class Settings:
     export: ExportSettings
     limits: LimitSettings
     experiments: tuple[Experiment, ...]
+    redis_appendfsync: str = "everysec"
+    redis_maxmemory: str = "1gb"
 
     def __post_init__(self) -> None:
+        if self.redis_appendfsync not in ("always", "everysec", "no"):
+            raise FieldError(
+                ("redis_appendfsync",), f"must be one of always, everysec, no; got {self.redis_appendfsync!r}"
+            )
         if not self.experiments:
             raise FieldError(("experiments",), "at least one [[experiments]] table is required")
         surfaces = [surface for e in self.experiments for surface in e.surfaces]

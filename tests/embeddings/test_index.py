@@ -23,7 +23,7 @@ def test_reloaded_artifact_gives_identical_search_results(small: SyntheticWorld,
     built = build_artifact(small.catalog, EncoderConfig(dim=16, seed=0))
     built.save(tmp_path)
     loaded = IndexArtifact.load(tmp_path)
-    assert loaded.version == built.version and loaded.manifest["recall_at_10"] == 1.0
+    assert loaded.version == built.version and loaded.manifest["index"]["recall"]["value"] == 1.0
     queries = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
     for q in queries:
         a, b = built.search(q, 25), loaded.search(q, 25)

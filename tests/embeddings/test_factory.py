@@ -1,0 +1,121 @@
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from embeddings.base import Catalog
+from embeddings.factory import (
+    IndexConfig,
+    build_index,
+    default_nlist,
+    exact_neighbours,
+    recall,
+    resolve_type,
+    search_parameters,
+)
+from embeddings.index import ArtifactError, IndexArtifact
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit vectors from a mixture of 50 clusters plus noise (not trivially separable)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(50, d))
+    x = centers[rng.integers(50, size=n)] + 1.5 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def catalog_of(n: int, prefix: str = "item") -> Catalog:
+    return Catalog(
+        item_ids=np.array([f"{prefix}-{i}" for i in range(n)], dtype=object),
+        creator_ids=np.array([f"creator-{i % 7}" for i in range(n)], dtype=object),
+        texts=np.array([""] * n, dtype=object),
+        tags=tuple(() for _ in range(n)),
+        descriptors=np.zeros((n, 0)),
+        creator_popularity=np.ones(n),
+        creator_age_days=np.ones(n),
+    )
+
+
+VECTORS = clustered(6000, 32, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("config", "param"),
+    [
+        (IndexConfig(index_type="flat", recall_k=50), None),
+        (IndexConfig(index_type="ivf_flat", nlist=64, recall_k=50), "nprobe"),
+        (IndexConfig(index_type="ivf_pq", nlist=64, pq_m=8, pq_bits=6, recall_k=50, target_recall=0.5), "nprobe"),
+        (IndexConfig(index_type="hnsw", hnsw_m=16, recall_k=50), "ef_search"),
+    ],
+)
+def test_each_index_type_reaches_its_tuned_recall_and_records_it(config: IndexConfig, param: str | None) -> None:
+    index, info = build_index(VECTORS, config)
+    assert info["index_type"] == config.index_type and index.ntotal == len(VECTORS)
+    noisy = VECTORS[::60] + 0.1 * np.random.default_rng(9).normal(size=(100, 32)).astype(np.float32)
+    queries = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    truth = exact_neighbours(VECTORS, queries, 50, "inner_product")
+    found = index.search(queries, 50, params=search_parameters(index, info["params"]))[1]
+    measured = recall(found, truth)
+    assert info["recall"]["value"] >= config.target_recall
+    assert measured >= config.target_recall - 0.1, "recall on fresh queries should match the build-time figure"
+    if param is None:
+        assert info["params"] == {} and info["recall"]["value"] == 1.0
+    else:
+        assert param in info["params"] and info["tuning"][-1][param] == info["params"][param]
+        # The tuned value is the smallest on the ladder that reached the target.
+        assert all(t["recall"] < config.target_recall for t in info["tuning"][:-1])
+    if config.index_type.startswith("ivf"):
+        assert info["build"]["nlist"] == 64 and info["build"]["train_size"] == min(6000, 64 * 64)
+        assert info["build"]["gpu"] is (faiss.get_num_gpus() > 0)
+
+
+def test_auto_is_exact_for_small_catalogs_and_ivf_at_scale() -> None:
+    assert resolve_type(IndexConfig(), 20_000) == "flat"
+    assert resolve_type(IndexConfig(), 1_000_000) == "ivf_flat"
+    assert default_nlist(1_000_000) == 4096 and default_nlist(100) == 2
+
+
+def test_bad_configs_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="index_type must be one of"):
+        IndexConfig(index_type="annoy")
+    with pytest.raises(ValueError, match="nprobe must be positive"):
+        IndexConfig(nprobe=0)
+    with pytest.raises(ValueError, match=r"pq_m=7 must divide the vector dimension d=32"):
+        build_index(VECTORS[:500], IndexConfig(index_type="ivf_pq", nlist=4, pq_m=7))
+
+
+def test_artifact_manifest_records_build_and_reloads(tmp_path: Path) -> None:
+    config = IndexConfig(index_type="ivf_flat", nlist=32, train_size=2000, recall_k=100)
+    artifact = IndexArtifact.build(catalog_of(len(VECTORS)), VECTORS, b"", config)
+    artifact.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["index_type"] == "ivf_flat" and manifest["index"]["build"]["train_size"] == 2000
+    assert manifest["index"]["recall"]["k"] == 100 and manifest["recall_at_100"] >= 0.95
+    loaded = IndexArtifact.load(tmp_path)
+    assert loaded.search_params == artifact.search_params
+    for q in VECTORS[:10]:
+        np.testing.assert_array_equal(loaded.search(q, 20).positions, artifact.search(q, 20).positions)
+    assert artifact.measure_recall(100) >= 0.95
+
+
+def test_unknown_index_type_and_unreadable_index_name_the_file(tmp_path: Path) -> None:
+    IndexArtifact.build(catalog_of(300), VECTORS[:300], b"", IndexConfig()).save(tmp_path / "ok")
+    bad = tmp_path / "type"
+    shutil.copytree(tmp_path / "ok", bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps(manifest | {"index_type": "scann"}))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: unknown index_type 'scann'"):
+        IndexArtifact.load(bad)
+    junk = tmp_path / "junk"
+    shutil.copytree(tmp_path / "ok", junk)
+    (junk / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match=r"index\.faiss: unreadable FAISS index"):
+        IndexArtifact.load(junk)
+    short = tmp_path / "short"
+    shutil.copytree(tmp_path / "ok", short)
+    np.save(short / "vectors.npy", VECTORS[:299])
+    with pytest.raises(ArtifactError, match=r"vectors\.npy: shape \(299, 32\), manifest says \(300, 32\)"):
+        IndexArtifact.load(short)
