@@ -14,12 +14,13 @@ from embeddings.index import IndexArtifact
 from server.exporter import Exporter
 from server.learner import Learner, Refresher, refresh_policies
 from server.loops import Loop, process_identity, sleep_until
-from server.pb import scout_pb2, scout_pb2_grpc
+from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
+from server.validation import add_recommender_to_server
 from server.worker import Background, redis_client, start_background
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         service = RecommenderService(
             Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads
         )
-        scout_pb2_grpc.add_RecommenderServicer_to_server(service, server)
+        add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
