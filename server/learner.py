@@ -11,6 +11,12 @@ not parse) is skipped and counted (:attr:`Learner.skipped`), and a snapshot with
 published: the batch is dropped and the last published state reloaded. Servers poll the snapshot versions and
 swap policies whole (:func:`refresh_policies`); a snapshot that does not load is logged and the old policy keeps
 serving. The replay and update (CPU work) run on a worker thread, off the event loop.
+
+A batch is applied without a per-decision loop: the records of each (experiment, variant), split into consecutive
+runs of one index version, become one Arrow table whose served items are rebuilt with array operations
+(:func:`offline_eval.served.served_batch`) and learned with :meth:`bandits.base.Policy.update_batch` (slot-aware).
+Each run is rebuilt against the index version its decisions name (:class:`server.indexes.IndexVersions` loads it
+from the versions root); decisions of a version that cannot be loaded are skipped and counted.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 
 from bandits.base import PolicyStateError
 from bandits.registry import load_policy
 from embeddings.index import IndexArtifact
-from offline_eval.logs import SCHEMA, DecisionLog
-from offline_eval.replay import decisions
+from offline_eval.logs import LogError
+from offline_eval.served import SERVED_COLUMNS, SERVED_SCHEMA, ServedBatch, served_batch
+from server.indexes import IndexVersions
 from server.recommender import PolicyBook
 from server.settings import LearnerSettings, LimitSettings
 from server.store import PUBLISHED, Store, joined_record
@@ -47,7 +54,8 @@ class Learner:
     make_policies
         Builds a fresh copy of the configured policies (the learner's own, restored from Redis).
     index
-        The index artifact the decisions were made with.
+        The index artifact the decisions were made with, or the index versions (a decision is rebuilt against the
+        version it names; decisions naming a version that cannot be loaded are skipped and counted).
     settings
         Batch size, poll interval and lease.
     owner
@@ -60,18 +68,13 @@ class Learner:
         self,
         store: Store,
         make_policies: Callable[[], PolicyBook],
-        index: IndexArtifact,
+        index: IndexArtifact | IndexVersions,
         settings: LearnerSettings,
         owner: str,
         limits: LimitSettings,
     ) -> None:
-        self.store, self.make_policies, self.index, self.settings, self.owner = (
-            store,
-            make_policies,
-            index,
-            settings,
-            owner,
-        )
+        self.store, self.make_policies, self.settings, self.owner = store, make_policies, settings, owner
+        self.indexes = index if isinstance(index, IndexVersions) else IndexVersions(index)
         self.limits = limits
         self.policies = make_policies()
         self.keys = {key for key, _ in self.policies.items()}
@@ -130,19 +133,37 @@ class Learner:
 
     def _learn(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> tuple[list[tuple[str, int, bytes]], int, int]:
         """Update the policies (on the learner thread); returns the snapshots to publish, applied and skipped."""
-        records, skipped = [], 0
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        skipped = 0
         for entry_id, fields in entries:
             record = self._usable(entry_id, fields)
             if record is None:
                 skipped += 1
             else:
-                records.append(record)
-        batches = self._features(records)
-        skipped += len(records) - sum(len(rewards) for _, rewards in batches.values())
-        for key, (features, rewards) in batches.items():
-            self.policies.get(*key).update(np.vstack(features), np.concatenate(rewards))
+                groups[(record["experiment"], record["variant"])].append(record)
+        changed = []
+        for key, records in groups.items():
+            policy = self.policies.get(*key)
+            # In stream order: consecutive records of one index version form one batch.
+            for version, run in _runs(records):
+                index = self.indexes.get(version)
+                if index is None:
+                    log.warning(
+                        "learner: %d entries were made with index %s, which is not available; skipped",
+                        len(run),
+                        version,
+                    )
+                    skipped += len(run)
+                    continue
+                for batch in self._served(run, index):
+                    if batch is None:
+                        skipped += 1
+                        continue
+                    policy.update_batch(batch.candidates, batch.served, batch.rewards, batch.propensities)
+                    if key not in changed:
+                        changed.append(key)
         snapshots = []
-        for key in sorted(batches):
+        for key in sorted(changed):
             policy = self.policies.get(*key)
             policy.version += 1
             state = policy.to_bytes()
@@ -161,15 +182,13 @@ class Learner:
             record = joined_record(fields)
             context = [float(x) for x in record["context_values"]]
             rewards = [float(x) for x in record["rewards"]]
-            wrong_index = record["index_version"] != self.index.version
+            if not isinstance(record["index_version"], str):
+                raise TypeError("index_version is not a string")
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("learner: joined entry %r does not parse (%s); skipped", entry_id, exc)
             return None
         if (record.get("experiment"), record.get("variant")) not in self.keys:
             log.warning("learner: joined entry %r names an unknown experiment/variant; skipped", entry_id)
-            return None
-        if wrong_index:
-            log.warning("learner: joined entry %r was made with index %s; skipped", entry_id, record["index_version"])
             return None
         if not all(math.isfinite(x) and abs(x) <= self.limits.max_context_abs for x in context) or not all(
             math.isfinite(x) and abs(x) <= self.limits.max_reward_abs for x in rewards
@@ -180,38 +199,40 @@ class Learner:
             return None
         return record
 
-    def _features(
-        self, records: list[dict[str, Any]]
-    ) -> dict[tuple[str, str], tuple[list[np.ndarray], list[np.ndarray]]]:
-        """Served-slot features and rewards per (experiment, variant); a record that does not replay is dropped."""
-        batches: dict[tuple[str, str], tuple[list[np.ndarray], list[np.ndarray]]] = defaultdict(lambda: ([], []))
+    def _served(self, records: list[dict[str, Any]], index: IndexArtifact) -> list[ServedBatch | None]:
+        """The served items of ``records`` as one batch; when that fails, record by record (None: does not replay)."""
         try:
-            replayed = self._replay(records)
-        except Exception:
-            replayed = []
-            for record in records:
-                try:
-                    replayed += self._replay([record])
-                except Exception as exc:
-                    log.warning("learner: event %s does not replay (%s); skipped", record.get("event_id"), exc)
-        for record, features, rewards in replayed:
-            group = batches[(record["experiment"], record["variant"])]
-            group[0].append(features)
-            group[1].append(rewards)
-        return batches
-
-    def _replay(self, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
-        if not records:
-            return []
-        columns = {name: [r.get(name) for r in records] for name in SCHEMA.names}
-        return [
-            (records[d.row], d.candidates.features[d.served], np.asarray(d.rewards, dtype=np.float64))
-            for d in decisions(DecisionLog(columns), self.index)
-        ]
+            return [served_batch(_table(records), index)]
+        except (LogError, ValueError, TypeError, KeyError, pa.ArrowException):
+            pass
+        out: list[ServedBatch | None] = []
+        for record in records:
+            try:
+                out.append(served_batch(_table([record]), index))
+            except (LogError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+                log.warning("learner: event %s does not replay (%s); skipped", record.get("event_id"), exc)
+                out.append(None)
+        return out
 
     def close(self) -> None:
         """Release the learner thread."""
         self._executor.shutdown(wait=False)
+
+
+def _runs(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive records grouped by their index version, in order."""
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for record in records:
+        if runs and runs[-1][0] == record["index_version"]:
+            runs[-1][1].append(record)
+        else:
+            runs.append((record["index_version"], [record]))
+    return runs
+
+
+def _table(records: list[dict[str, Any]]) -> pa.Table:
+    """The served-item columns of ``records`` as an Arrow table."""
+    return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in SERVED_COLUMNS}, schema=SERVED_SCHEMA)
 
 
 async def refresh_policies(store: Store, policies: PolicyBook) -> int:

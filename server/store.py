@@ -29,6 +29,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 _RECORD = """
@@ -236,7 +237,10 @@ def now_ms() -> int:
 
 def joined_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
     """A joined stream entry as a log record (see ``offline_eval.logs``): the decision plus its rewards per slot."""
-    record: dict[str, Any] = json.loads(fields[b"decision"])
+    try:
+        record: dict[str, Any] = orjson.loads(fields[b"decision"])
+    except orjson.JSONDecodeError:  # NaN/Infinity literals (json.dumps writes them): the standard parser takes them
+        record = json.loads(fields[b"decision"])
     rewards = {k[2:].decode(): float(v) for k, v in fields.items() if k.startswith(b"r:")}
     record["rewards"] = [rewards.get(item, record["default_reward"]) for item in record["item_ids"]]
     record["reward_observed"] = [item in rewards for item in record["item_ids"]]
