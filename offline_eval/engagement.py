@@ -36,10 +36,10 @@ def synthetic_engagements(
     for user in np.asarray(users, dtype=np.int64).tolist():
         shown = rng.choice(n, size=min(exposures, n), replace=False)
         p = world.click_probability(user, shown, neutral)
-        clicked = rng.random(len(shown)) < p
-        clicked = shown[clicked][np.argsort(-p[clicked], kind="stable")[:per_user]]
-        units += [user_id(user)] * len(clicked)
-        items.append(clicked)
+        hit = rng.random(len(shown)) < p
+        engaged = shown[hit][np.argsort(-p[hit], kind="stable")[:per_user]]
+        units += [user_id(user)] * len(engaged)
+        items.append(engaged)
     return np.array(units, dtype=object), (np.concatenate(items) if items else np.zeros(0, np.int64))
 
 
