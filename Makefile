@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= cpu,dev,text
+EXTRAS ?= cpu,dev,beam,report,text
 
 .PHONY: setup demo test lint proto clean
 

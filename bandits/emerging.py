@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,3 +54,43 @@ class EmergingRule:
     def to_dict(self) -> dict[str, Any]:
         """The rule's parameters, as logged with each decision."""
         return asdict(self)
+
+
+def merge_candidates(
+    main_ids: Sequence[str], emerging_ids: Sequence[str], total: int, quota: int
+) -> tuple[list[str], list[bool]]:
+    """Merge a main retrieval list with an emerging-only list into one candidate list, deterministically.
+
+    The retrieval-side quota: the first ``total - q`` main candidates, then ``q`` emerging-only candidates not
+    already taken (in their list's order), where ``q = min(quota, what the emerging list can add)``; any room
+    left is filled with further main candidates. The result depends only on the two ordered lists and the two
+    numbers, so replay rebuilds the same candidate set from what was logged.
+
+    Parameters
+    ----------
+    main_ids
+        The main search's candidate ids, best first.
+    emerging_ids
+        A search restricted to emerging creators, best first.
+    total
+        Number of candidates wanted, positive.
+    quota
+        Candidates reserved for the emerging-only list, in [0, total].
+
+    Returns
+    -------
+    tuple[list[str], list[bool]]
+        The merged ids, and for each whether it came in through the quota.
+    """
+    if total <= 0:
+        raise ValueError(f"total must be positive, got {total}")
+    if not 0 <= quota <= total:
+        raise ValueError(f"quota must be in [0, total={total}], got {quota}")
+    main = list(dict.fromkeys(main_ids))
+    head = main[: total - quota]
+    taken = set(head)
+    extra = [i for i in dict.fromkeys(emerging_ids) if i not in taken][:quota]
+    taken.update(extra)
+    tail = [i for i in main[total - quota :] if i not in taken][: total - len(head) - len(extra)]
+    ids = head + extra + tail
+    return ids, [False] * len(head) + [True] * len(extra) + [False] * len(tail)

@@ -1,4 +1,4 @@
-"""Epsilon-greedy over a ridge reward model."""
+"""Epsilon-greedy over the linear reward model."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from bandits.base import Policy, greedy
-from bandits.ridge import RidgeRegression
+from bandits.base import Exposure, greedy, uniform
+from bandits.linear import LinearPolicy
 
 
-class EpsilonGreedy(Policy):
+class EpsilonGreedy(LinearPolicy):
     """Each slot: with probability ``1 - epsilon`` the best predicted item, else a uniform available one.
 
     Parameters
@@ -19,38 +19,34 @@ class EpsilonGreedy(Policy):
         Number of feature columns F.
     epsilon
         Exploration probability, in [0, 1].
-    l2
-        Ridge penalty of the reward model.
+    l2, arm_buckets, arm_l2, position_model, exposure
+        See :class:`bandits.linear.LinearPolicy`.
     """
 
     name = "epsilon_greedy"
 
-    def __init__(self, feature_dim: int, epsilon: float = 0.1, l2: float = 1.0) -> None:
-        super().__init__(feature_dim)
+    def __init__(
+        self,
+        feature_dim: int,
+        epsilon: float = 0.1,
+        l2: float = 1.0,
+        arm_buckets: int = 0,
+        arm_l2: float = 1.0,
+        position_model: str = "dcg",
+        exposure: Exposure | None = None,
+    ) -> None:
+        super().__init__(feature_dim, l2, arm_buckets, arm_l2, position_model, exposure)
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
-        self.model = RidgeRegression(feature_dim, l2)
-
-    def scores(self, features: np.ndarray) -> np.ndarray:
-        """Predicted reward of each candidate."""
-        return self.model.predict(features)
 
     def slot_probabilities(self, scores: np.ndarray, available: np.ndarray) -> np.ndarray:
         """``(1 - epsilon)`` greedy plus ``epsilon`` spread evenly over the available candidates."""
-        uniform = available / available.sum()
-        return (1.0 - self.epsilon) * greedy(scores, available) + self.epsilon * uniform
+        return (1.0 - self.epsilon) * greedy(scores, available) + self.epsilon * uniform(available)
 
-    def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
-        """Fit the reward model on m served items."""
-        self.model.update(features, rewards)
+    def _params(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon} | self._linear_params()
 
-    def params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"epsilon": self.epsilon, "l2": self.model.l2}
-
-    def _state(self) -> dict[str, np.ndarray]:
-        return self.model.state()
-
-    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.model.load(arrays)
+    def greedy_mixture(self) -> float | None:
+        """Epsilon: this policy's slots are exactly greedy mixed with uniform."""
+        return self.epsilon

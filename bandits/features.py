@@ -9,12 +9,19 @@ the features of candidate ``v`` are the concatenation of
 3. ``c_j * v`` for each context value ``c_j`` (C times d columns), so context changes which content is preferred;
 4. ``1``: a bias column.
 
-That is ``F = (2 + C) * d + 1`` columns.
+That is ``F = (2 + C) * d + 1`` columns. :func:`build_features_batch` builds the same rows for n decisions at
+once (the learner's and offline evaluation's path); row for row it equals :func:`build_features`.
+
+Item- and creator-level terms (what a listener thinks of this very item or creator, beyond its content) are not
+columns here: they are per-arm parameters of the policies' reward model (:class:`bandits.ridge.LinearModel`), keyed
+by the candidates' item and creator ids.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from bandits.base import Candidates, FeatureParts
 
 
 def feature_dim(embedding_dim: int, num_context: int) -> int:
@@ -46,6 +53,83 @@ def build_features(query: np.ndarray, items: np.ndarray, context: np.ndarray) ->
         raise ValueError(f"query must have the items' dimension; got query {query.shape}, items {items.shape}")
     if context.ndim != 1:
         raise ValueError(f"context must be a vector, got shape {context.shape}")
-    k = items.shape[0]
-    contextual = (context[None, :, None] * items[:, None, :]).reshape(k, -1)
-    return np.hstack([query * items, items, contextual, np.ones((k, 1))])
+    k, d = items.shape
+    out = np.empty((k, (2 + len(context)) * d + 1), dtype=np.float64)
+    np.multiply(query, items, out=out[:, :d])
+    out[:, d : 2 * d] = items
+    for j, value in enumerate(context):
+        np.multiply(items, value, out=out[:, (2 + j) * d : (3 + j) * d])
+    out[:, -1] = 1.0
+    return out
+
+
+def block_weights(query: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """The request's per-block weights: row b multiplies the item vector in feature block b.
+
+    ``build_features(q, V, c)[:, :-1]`` equals ``(V[:, None, :] * W[None]).reshape(K, -1)`` with ``W`` the
+    ``(2 + C)``-by-d result ``[q, 1, c_1, ..., c_C]``. Policies use this structure to score candidates from their
+    d-dimensional vectors instead of the F-dimensional features (see :class:`bandits.linucb.LinUCB`).
+    """
+    query = np.asarray(query, dtype=np.float64)
+    context = np.asarray(context, dtype=np.float64)
+    W = np.empty((2 + len(context), len(query)))
+    W[0], W[1] = query, 1.0
+    W[2:] = context[:, None]
+    return W
+
+
+def build_features_batch(queries: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Build the features of n decisions at once.
+
+    Parameters
+    ----------
+    queries
+        Query content vectors, n rows of d.
+    items
+        Candidate content vectors, n by K by d (pad short candidate lists with any finite rows).
+    context
+        Context values, n rows of C in configured key order.
+
+    Returns
+    -------
+    numpy.ndarray
+        n by K by ``(2 + C) * d + 1`` float64 features; ``out[i]`` equals
+        ``build_features(queries[i], items[i], context[i])``.
+    """
+    items = np.asarray(items, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.float64)
+    context = np.asarray(context, dtype=np.float64)
+    if items.ndim != 3:
+        raise ValueError(f"items must be n-by-K-by-d, got shape {items.shape}")
+    n, k, d = items.shape
+    if queries.shape != (n, d):
+        raise ValueError(f"queries must be n-by-d = {(n, d)} to match items {items.shape}, got {queries.shape}")
+    if context.ndim != 2 or context.shape[0] != n:
+        raise ValueError(f"context must be n-by-C with n = {n}, got shape {context.shape}")
+    c = context.shape[1]
+    out = np.empty((n, k, (2 + c) * d + 1), dtype=np.float64)
+    np.multiply(queries[:, None, :], items, out=out[:, :, :d])
+    out[:, :, d : 2 * d] = items
+    if c:
+        out[:, :, 2 * d : (2 + c) * d] = (context[:, None, :, None] * items[:, :, None, :]).reshape(n, k, c * d)
+    out[:, :, -1] = 1.0
+    return out
+
+
+def make_candidates(
+    query: np.ndarray,
+    items: np.ndarray,
+    context: np.ndarray,
+    emerging: np.ndarray,
+    item_ids: np.ndarray | None = None,
+    creator_ids: np.ndarray | None = None,
+) -> Candidates:
+    """Build one decision's :class:`~bandits.base.Candidates` with its features and the parts they came from.
+
+    Policies that can score from the parts (LinUCB's confidence width) then skip the F-by-F products.
+    """
+    features = build_features(query, items, context)
+    parts = FeatureParts(
+        np.asarray(query, dtype=np.float64), np.asarray(items, dtype=np.float64), np.asarray(context, dtype=np.float64)
+    )
+    return Candidates(features, emerging, item_ids, creator_ids, parts)

@@ -7,18 +7,20 @@ from typing import Any
 from bandits.base import Policy, PolicyStateError, read_snapshot
 from bandits.epsilon_greedy import EpsilonGreedy
 from bandits.linucb import LinUCB
+from bandits.softmax import Softmax
+from bandits.thompson import LinearThompson
+from bandits.vowpal import VowpalWabbit
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (EpsilonGreedy, LinUCB)}
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, Softmax, LinearThompson, VowpalWabbit)
+}
 
 
 def create_policy(name: str, feature_dim: int, params: dict[str, Any]) -> Policy:
     """Construct a fresh policy of type ``name``; unknown names and parameters raise ``ValueError``."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    try:
-        return POLICIES[name](feature_dim, **params)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for policy {name!r}: {exc}") from exc
+    return POLICIES[name].from_params(feature_dim, params)
 
 
 def load_policy(data: bytes, params: dict[str, Any] | None = None) -> Policy:

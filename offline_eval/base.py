@@ -1,18 +1,28 @@
 """The estimator interface and its value types.
 
-The estimand is the expected total reward of a slate, ``V = E[sum_k r_k]``. A slot's reward may depend on the
-items in it and in the slots before it, so slot ``k`` is reweighted by the prefix ratio
+The estimand is the expected total reward of a slate, ``V = E[sum_k r_k]``, where a decision's slate length is
+set by the request (not by the policy) and an unserved slot earns nothing. A slot's reward may depend on the items
+in it and in the slots before it, so slot ``k`` is reweighted by the prefix ratio
 ``W_k = prod_{j<=k} pi(a_j | a_<j) / mu(a_j | a_<j)`` of the target (pi) and logging (mu) conditional
-propensities, which are exactly what Scout logs. Every estimator here is a sum over slots of a ratio of means,
-``V = sum_k mean_i(num_ik) / mean_i(den_ik)``; a subclass fills :meth:`Estimator.terms`, and the bootstrap,
-shared, resamples decisions.
+propensities, which are exactly what Scout logs.
+
+Every estimator here is a sum of ratios of means over J components (usually one per slot),
+``V = sum_j mean_i(num_ij) / mean_i(den_ij)``. A subclass fills :meth:`Estimator.terms`; intervals, the bootstrap
+and the Beam pipeline all work on sums of those terms (:mod:`offline_eval.statistics`), so they are mergeable and
+stream in bounded memory.
+
+Self-normalizing estimators divide slot ``k`` by the mean *extended* weight ``W~_k``: the prefix ratio carried
+through the slots a decision did not serve (their ratio is one, since slate length does not depend on the
+policy). ``E[W~_k] = 1`` for every decision, whereas the zeroed ``W_k`` only averages to the share of decisions
+that served slot ``k``; dividing by it was the old SNIPS bug on slates of varying length.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -24,15 +34,18 @@ class SlateData:
     Parameters
     ----------
     logged_propensity, target_propensity
-        n-by-S conditional probabilities of the logged item at each slot under the logging and target policy.
+        n-by-S conditional probabilities of the logged item at each slot under the logging and target policy
+        (given the logged items in earlier slots).
     reward
-        n-by-S rewards.
+        n-by-S rewards; zero where a slot was not served.
     mask
-        n-by-S booleans: the slot was served.
+        n-by-S booleans: the slot was served. Served slots come first in every row.
     logged_features
         n-by-S-by-F features of the logged items (for reward models).
     target_features
         n-by-S-by-F expected features of slot k's item under the target, given the logged prefix.
+    reward_range
+        Bounds of one slot's reward (for flagging impossible estimates); defaults to the observed range.
     """
 
     logged_propensity: np.ndarray
@@ -41,34 +54,185 @@ class SlateData:
     mask: np.ndarray
     logged_features: np.ndarray
     target_features: np.ndarray
+    reward_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        shape = self.mask.shape
+        mask = np.asarray(self.mask, dtype=bool)
+        shape = mask.shape
         if len(shape) != 2:
             raise ValueError(f"mask must be n-by-S, got shape {shape}")
+        object.__setattr__(self, "mask", mask)
         for name in ("logged_propensity", "target_propensity", "reward"):
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {getattr(self, name).shape}")
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (n-by-S), got {value.shape}")
+            object.__setattr__(self, name, value)
         for name in ("logged_features", "target_features"):
-            if getattr(self, name).shape[:2] != shape or getattr(self, name).ndim != 3:
-                raise ValueError(f"{name} must be n-by-S-by-F with n-by-S = {shape}")
-        if (self.logged_propensity[self.mask] <= 0).any():
-            raise ValueError("logged_propensity must be positive on served slots")
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.ndim != 3 or value.shape[:2] != shape:
+                raise ValueError(f"{name} must be n-by-S-by-F with n-by-S = {shape}, got {value.shape}")
+            object.__setattr__(self, name, value)
+        if self.logged_features.shape[2] != self.target_features.shape[2]:
+            raise ValueError("logged_features and target_features must have the same number of feature columns F")
+        served = self.logged_propensity[mask]
+        if ((served <= 0) | (served > 1) | ~np.isfinite(served)).any():
+            raise ValueError("logged_propensity must be in (0, 1] on served slots")
+        target = self.target_propensity[mask]
+        if ((target < 0) | (target > 1 + 1e-9) | ~np.isfinite(target)).any():
+            raise ValueError("target_propensity must be in [0, 1] on served slots")
+        if not np.isfinite(self.reward[mask]).all():
+            raise ValueError("reward must be finite on served slots")
+        if shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError("mask must serve a prefix of the slots in every row (no gaps)")
+        if self.reward_range is not None and not self.reward_range[0] <= self.reward_range[1]:
+            raise ValueError(f"reward_range must be (low, high) with low <= high, got {self.reward_range}")
 
     @property
     def n(self) -> int:
         """Number of decisions."""
         return int(self.mask.shape[0])
 
+    @property
+    def slots(self) -> int:
+        """Number of slots S (the longest slate)."""
+        return int(self.mask.shape[1])
+
+    def ratios(self) -> np.ndarray:
+        """n-by-S per-slot ratios ``pi(a_k | a_<k) / mu(a_k | a_<k)``; one on unserved slots."""
+        safe = np.where(self.mask, self.logged_propensity, 1.0)
+        return np.where(self.mask, self.target_propensity / safe, 1.0)
+
+    def extended_weights(self) -> np.ndarray:
+        """n-by-S prefix weights ``W~_k`` carried through unserved slots (mean one under the logging policy)."""
+        return np.cumprod(self.ratios(), axis=1)
+
     def prefix_weights(self) -> np.ndarray:
         """n-by-S prefix importance weights ``W_k``; zero on unserved slots."""
-        ratio = np.where(self.mask, self.target_propensity / np.where(self.mask, self.logged_propensity, 1.0), 1.0)
-        return np.cumprod(ratio, axis=1) * self.mask
+        return self.extended_weights() * self.mask
+
+    def previous_weights(self) -> np.ndarray:
+        """n-by-S prefix weights of the slots before k, ``W_{k-1}`` (one for slot 0); zero on unserved slots."""
+        ext = self.extended_weights()
+        return np.hstack([np.ones((self.n, 1)), ext[:, :-1]]) * self.mask
+
+    def slate_weights(self) -> np.ndarray:
+        """Whole-slate weights, one per decision: the product of every served slot's ratio."""
+        return self.extended_weights()[:, -1] if self.slots else np.ones(self.n)
+
+    def lengths(self) -> np.ndarray:
+        """Slate length of each decision."""
+        return self.mask.sum(axis=1)
+
+    def value_bounds(self) -> tuple[float, float]:
+        """The range any policy's expected total reward can take on these requests, from the reward range."""
+        low, high = self.reward_range if self.reward_range is not None else self.observed_reward_range()
+        mean_length = float(self.lengths().mean()) if self.n else 0.0
+        return low * mean_length, high * mean_length
+
+    def observed_reward_range(self) -> tuple[float, float]:
+        """The smallest and largest reward on a served slot."""
+        served = self.reward[self.mask]
+        return (float(served.min()), float(served.max())) if served.size else (0.0, 0.0)
+
+    def take(self, rows: np.ndarray) -> SlateData:
+        """The decisions at ``rows`` (indices or a boolean mask)."""
+        return SlateData(
+            self.logged_propensity[rows],
+            self.target_propensity[rows],
+            self.reward[rows],
+            self.mask[rows],
+            self.logged_features[rows],
+            self.target_features[rows],
+            self.reward_range if self.reward_range is not None else self.observed_reward_range(),
+        )
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Per-decision numerator and denominator terms: the estimate is ``sum_j sum_i num_ij / sum_i den_ij``.
+
+    Parameters
+    ----------
+    num, den
+        n-by-J float arrays.
+    """
+
+    num: np.ndarray
+    den: np.ndarray
+
+    def __post_init__(self) -> None:
+        num, den = np.asarray(self.num, dtype=np.float64), np.asarray(self.den, dtype=np.float64)
+        if num.ndim != 2 or num.shape != den.shape:
+            raise ValueError(f"num and den must be n-by-J arrays of one shape, got {num.shape} and {den.shape}")
+        object.__setattr__(self, "num", num)
+        object.__setattr__(self, "den", den)
+
+    def value(self) -> float:
+        """The point estimate."""
+        return float(ratio_sum(self.num.sum(axis=0), self.den.sum(axis=0)))
+
+
+@dataclass(frozen=True)
+class RewardPredictions:
+    """A reward model's predictions on the logged slates.
+
+    Parameters
+    ----------
+    logged
+        n-by-S predicted reward of the logged item at each slot (``q``).
+    target
+        n-by-S expected predicted reward of slot k under the target given the logged prefix (``qbar``).
+    """
+
+    logged: np.ndarray
+    target: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.logged.shape != self.target.shape or self.logged.ndim != 2:
+            shapes = f"{self.logged.shape} and {self.target.shape}"
+            raise ValueError(f"logged and target must be n-by-S arrays of one shape, got {shapes}")
+
+
+class RewardModel(Protocol):
+    """A reward model a user supplies: fit on features and rewards, predict rewards from features.
+
+    ``qbar`` is the model applied to the target's expected features, so the model should be linear in the features
+    (as the default ridge model is) for DM/DR's baseline to be the target's expected prediction.
+    """
+
+    def fit(self, features: np.ndarray, rewards: np.ndarray) -> None:
+        """Fit on m rows: m-by-F features, m rewards."""
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predict m rewards from m-by-F features."""
+
+
+RewardModelFactory = Callable[[], RewardModel]
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate of the expected slate reward with a bootstrap interval."""
+    """A point estimate of the expected slate reward with an interval.
+
+    Parameters
+    ----------
+    estimator
+        The estimator's name.
+    value
+        Point estimate.
+    lower, upper
+        Interval at ``level``.
+    level
+        Nominal coverage of the interval.
+    n
+        Decisions used.
+    interval
+        How the interval was made (``normal``, ``bootstrap``).
+    std_error
+        Delta-method standard error of the estimate.
+    flags
+        Reasons not to trust this estimate (for example, a value outside what the reward range allows).
+    """
 
     estimator: str
     value: float
@@ -76,35 +240,53 @@ class Estimate:
     upper: float
     level: float
     n: int
+    interval: str = "normal"
+    std_error: float = float("nan")
+    flags: tuple[str, ...] = field(default_factory=tuple)
 
 
 class Estimator(ABC):
-    """Off-policy value estimator over :class:`SlateData`."""
+    """Off-policy value estimator over :class:`SlateData`.
+
+    Subclasses set :attr:`name` and fill :meth:`terms`; those that need a reward model set :attr:`uses_model`.
+    """
 
     name: ClassVar[str]
+    uses_model: ClassVar[bool] = False
 
     @abstractmethod
-    def terms(self, data: SlateData) -> tuple[np.ndarray, np.ndarray]:
-        """Per-decision numerator and denominator terms, each n-by-S."""
+    def terms(self, data: SlateData, predictions: RewardPredictions | None = None) -> Terms:
+        """Per-decision numerator and denominator terms, each n-by-J."""
 
-    def estimate(self, data: SlateData, bootstrap: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
-        """Point estimate and percentile bootstrap interval from ``bootstrap`` resamples of the decisions."""
+    def estimate(
+        self,
+        data: SlateData,
+        bootstrap: int = 0,
+        level: float = 0.95,
+        seed: int = 0,
+        predictions: RewardPredictions | None = None,
+    ) -> Estimate:
+        """Point estimate with a normal interval, or a Poisson bootstrap interval when ``bootstrap`` > 0."""
+        from offline_eval.statistics import estimate_from_terms
+
         if data.n == 0:
             raise ValueError("no decisions to evaluate")
-        num, den = self.terms(data)
-        value = _ratio_sum(num.sum(axis=0), den.sum(axis=0))
-        rng = np.random.default_rng(seed)
-        draws = np.empty(bootstrap)
-        for start in range(0, bootstrap, 100):
-            size = min(100, bootstrap - start)
-            counts = rng.multinomial(data.n, np.full(data.n, 1.0 / data.n), size=size).astype(np.float64)
-            draws[start : start + size] = _ratio_sum(counts @ num, counts @ den)
-        alpha = (1.0 - level) / 2.0
-        lower, upper = np.quantile(draws, [alpha, 1.0 - alpha])
-        return Estimate(self.name, float(value), float(lower), float(upper), level, data.n)
+        if self.uses_model and predictions is None:
+            from offline_eval.reward_model import cross_fit
+
+            predictions = cross_fit(data, seed=seed)
+        terms = self.terms(data, predictions)
+        return estimate_from_terms(self.name, terms, data.value_bounds(), bootstrap, level, seed)
 
 
-def _ratio_sum(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """Sum over slots (last axis) of num/den, where a slot with zero denominator counts zero."""
+def ratio_sum(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Sum over components (last axis) of num/den, where a component with zero denominator counts zero."""
     safe = np.where(den != 0, den, 1.0)
     return np.where(den != 0, num / safe, 0.0).sum(axis=-1)
+
+
+def require(predictions: RewardPredictions | None, name: str) -> RewardPredictions:
+    """The reward predictions an estimator needs, or a clear error."""
+    if predictions is None:
+        raise ValueError(f"estimator {name!r} needs reward predictions (see offline_eval.reward_model.cross_fit)")
+    return predictions

@@ -7,10 +7,19 @@ largest latent dimension), tags whose directions it aligns with, and numeric des
 map of it. Some items miss their text or some descriptors. Users have latent tastes and a few seed items they
 liked. The chance that a user clicks item ``a`` shown at slot ``k`` in context ``c`` is
 
-    bias(k) * sigmoid(base + taste * <u, z_a> + quality(creator(a)) - mobile * duration(a) * mobile_weight
-                      + evening * energy(a) * evening_weight)
+    bias(k) * sigmoid(base + taste * <u, z_a> + quality(creator(a)) + item_quality(a)
+                      + popularity_weight * familiarity(creator(a))
+                      - mobile * duration(a) * mobile_weight + evening * energy(a) * evening_weight)
 
-with ``bias(k) = 1 / log2(k + 2)``. Because that probability is known, so is the value of any policy.
+with ``bias(k) = 1 / log2(k + 2)``, ``familiarity`` the creator's standardized log-popularity, creator quality
+drawn with sd ``quality_sd`` (``emerging_quality_sd`` for emerging creators when set) and item quality with sd
+``item_quality_sd``. Because that probability is known, so is the value of any policy.
+
+Presets (:func:`world_preset`): ``"foundation"`` (the default ``WorldConfig()``: quality only per creator, the same
+spread for everyone, no familiarity advantage) and ``"tradeoff"`` (familiar creators get a click advantage,
+emerging creators vary widely in quality, and every item has its own quality: blind exposure costs reward and
+learning which emerging creators are good pays off; creator and item quality are not expressible by content
+features, only by item/creator terms).
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ class WorldConfig:
     mobile_weight: float = 0.8
     evening_weight: float = 0.5
     missing_share: float = 0.05
+    popularity_weight: float = 0.0
+    emerging_quality_sd: float | None = None
+    item_quality_sd: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,6 +63,21 @@ class WorldConfig:
             raise ValueError("need positive sizes and at least one item per creator")
         if self.latent_dim != len(GENRES):
             raise ValueError(f"latent_dim must be {len(GENRES)} (one dimension per genre)")
+        if min(self.quality_sd, self.item_quality_sd, self.emerging_quality_sd or 0.0) < 0:
+            raise ValueError("quality_sd, item_quality_sd and emerging_quality_sd must be non-negative")
+
+
+PRESETS: dict[str, dict[str, float]] = {
+    "foundation": {},
+    "tradeoff": {"popularity_weight": 0.5, "emerging_quality_sd": 1.0, "item_quality_sd": 0.5},
+}
+
+
+def world_preset(name: str, **overrides: int | float) -> WorldConfig:
+    """A named world (``foundation`` or ``tradeoff``), with sizes or the seed overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown world preset {name!r}; known: {', '.join(PRESETS)}")
+    return WorldConfig(**(PRESETS[name] | overrides))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -79,15 +106,25 @@ class SyntheticWorld:
         emerging = rng.random(cfg.num_creators) < cfg.emerging_share
         popularity = 1.0 / (rng.permutation(cfg.num_creators) + 1.0) ** 1.1
         popularity = np.where(emerging, popularity * 0.05, popularity) * 1e6
-        self.creator_age_days = np.where(emerging, rng.uniform(1, 180, cfg.num_creators), rng.uniform(180, 3650, 1))
+        # Established creators' ages come from their own stream (one draw per creator), so fixing the old single
+        # draw leaves every other draw of the world, and so the rest of the foundation world, unchanged.
+        young = rng.uniform(1, 180, cfg.num_creators)
+        rng.uniform(180, 3650, 1)
+        extra_rng = np.random.default_rng([cfg.seed, 7])
+        self.creator_age_days = np.where(emerging, young, extra_rng.uniform(180, 3650, cfg.num_creators))
         self.creator_popularity = popularity
         self.creator_emerging = emerging
-        self.creator_quality = rng.normal(0.0, cfg.quality_sd, cfg.num_creators)
+        quality_z = rng.normal(0.0, 1.0, cfg.num_creators)
+        emerging_sd = cfg.quality_sd if cfg.emerging_quality_sd is None else cfg.emerging_quality_sd
+        self.creator_quality = quality_z * np.where(emerging, emerging_sd, cfg.quality_sd)
+        log_pop = np.log(popularity)
+        self.creator_familiarity = (log_pop - log_pop.mean()) / log_pop.std()
         centers = _unit(rng.normal(size=(cfg.num_creators, L)))
         # Items: at least one per creator, the rest by popularity^0.5.
         extra = rng.choice(cfg.num_creators, cfg.num_items - cfg.num_creators, p=_norm(np.sqrt(popularity)))
         self.item_creator = np.concatenate([np.arange(cfg.num_creators), extra])
         self.item_latent = _unit(centers[self.item_creator] + 0.6 * rng.normal(size=(cfg.num_items, L)) / np.sqrt(L))
+        self.item_quality = extra_rng.normal(0.0, 1.0, cfg.num_items) * cfg.item_quality_sd
         self.descriptor_map = rng.normal(size=(L, cfg.num_descriptors))
         descriptors = self.item_latent @ self.descriptor_map + 0.3 * rng.normal(
             size=(cfg.num_items, cfg.num_descriptors)
@@ -148,6 +185,8 @@ class SyntheticWorld:
             cfg.base
             + cfg.taste * self.item_latent[items] @ self.user_taste[user]
             + self.creator_quality[self.item_creator[items]]
+            + self.item_quality[items]
+            + cfg.popularity_weight * self.creator_familiarity[self.item_creator[items]]
             - context[0] * cfg.mobile_weight * np.tanh(self.duration[items] / 2)
             + context[1] * cfg.evening_weight * np.tanh(self.energy[items] / 2)
         )

@@ -7,20 +7,21 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embeddings.index import IndexArtifact
 from server.exporter import Exporter
-from server.joiner import run_joiner
-from server.learner import Learner, refresh_policies, run_refresher
-from server.pb import scout_pb2, scout_pb2_grpc
+from server.learner import Learner, Refresher, refresh_policies
+from server.loops import Loop, process_identity, sleep_until
+from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
+from server.validation import add_recommender_to_server
+from server.worker import Background, redis_client, start_background
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scout_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -37,23 +38,60 @@ class ScoutServer:
     port: int
     grpc_server: grpc.aio.Server
     store: Store
-    exporter: Exporter | None
     redis_process: RedisProcess | None
+    identity: str
+    service: RecommenderService
+    background: Background = field(default_factory=Background)
+    loops: list[Loop] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    serving: bool = True
+    health_task: asyncio.Task[None] | None = None
+
+    @property
+    def exporter(self) -> Exporter | None:
+        """The decision exporter running in this process, if any."""
+        return self.background.exporter
+
+    @property
+    def learner(self) -> Learner | None:
+        """The learner running in this process, if any."""
+        return self.background.learner
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Drain in-flight requests, stop the loops (the exporter flushes), close Redis."""
+        """Drain in-flight requests, stop the loops (the exporters flush), close Redis."""
         await self.grpc_server.stop(grace_s)
         self.stop_event.set()
-        results = await asyncio.gather(*self.tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                log.error("background loop failed: %r", result)
+        if self.health_task is not None:
+            await asyncio.gather(self.health_task, return_exceptions=True)
+        await asyncio.gather(*(loop.task for loop in self.loops if loop.task is not None), return_exceptions=True)
+        await self.background.wait()
+        self.service.executor.shutdown(wait=False)
         await self.store.client.aclose()
         if self.redis_process is not None:
             self.redis_process.stop()
         log.info("server on port %d stopped", self.port)
+
+
+async def _watch_health(server: ScoutServer, servicer: health.aio.HealthServicer) -> None:  # type: ignore[name-defined]
+    """Keep the health status true: NOT_SERVING while Redis does not answer or a background loop is down."""
+    interval = server.settings.server.health_interval_s
+    while not server.stop_event.is_set():
+        problems = [loop.name for loop in server.loops + server.background.loops if not loop.healthy]
+        try:
+            await asyncio.wait_for(server.store.client.ping(), timeout=max(interval, 1.0))
+        except Exception as exc:
+            problems.append(f"redis ({type(exc).__name__})")
+        serving = not problems
+        if serving != server.serving:
+            server.serving = serving
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            if serving:
+                log.warning("health: SERVING again")
+            else:
+                log.warning("health: NOT_SERVING (%s)", ", ".join(problems))
+        await sleep_until(server.stop_event, interval)
 
 
 async def start_server(settings: Settings, background: bool = True) -> ScoutServer:
@@ -62,42 +100,43 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     redis_process = None
     url = settings.redis_url
     if not url:
-        redis_process = RedisProcess(settings.data_dir)
+        redis_process = RedisProcess(
+            settings.data_dir, appendfsync=settings.redis_appendfsync, maxmemory=settings.redis_maxmemory
+        )
         url = redis_process.url
-    store = Store(aioredis.Redis.from_url(url), settings.key_prefix)
+    store = Store(redis_client(url), settings.key_prefix)
     try:
         await store.client.ping()
-    except Exception:
+        policies = PolicyBook(settings, index.dim)
+        await refresh_policies(store, policies)
+        server = grpc.aio.server()
+        service = RecommenderService(
+            Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads
+        )
+        add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {settings.server.host}:{settings.server.port}")
+    except BaseException:
+        await store.client.aclose()
         if redis_process is not None:
             redis_process.stop()
         raise
-    policies = PolicyBook(settings, index.dim)
-    await refresh_policies(store, policies)
-
-    server = grpc.aio.server()
-    scout_pb2_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(Recommender(settings, index, policies), store, settings.join), server
-    )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {settings.server.host}:{settings.server.port}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    running = ScoutServer(settings, port, server, store, None, redis_process)
+    identity = process_identity()
+    running = ScoutServer(settings, port, server, store, redis_process, identity, service)
     stop = running.stop_event
-    running.tasks.append(asyncio.create_task(run_refresher(store, policies, settings.server.refresh_interval_s, stop)))
+    refresher = Refresher(store, policies, settings.server.refresh_interval_s)
+    running.loops.append(Loop("refresher", refresher.step, stop))
+    running.loops[0].start()
     if background:
-        running.exporter = Exporter(store, settings.export)
-        learner = Learner(store, PolicyBook(settings, index.dim), index, settings.learner)
-        running.tasks += [
-            asyncio.create_task(run_joiner(store, settings.join, stop)),
-            asyncio.create_task(learner.run(stop)),
-            asyncio.create_task(running.exporter.run(stop)),
-        ]
+        running.background = start_background(store, settings, index, stop, identity=identity)
+    running.health_task = asyncio.create_task(_watch_health(running, health_servicer))
     log.info("scout listening on %s:%d (index %s, redis %s)", settings.server.host, port, index.version, url)
     return running

@@ -1,9 +1,21 @@
-"""The exporter: writes joined decisions to Parquet files, each exactly once.
+"""The exporter: writes joined decisions (and late rewards) to Parquet files, each entry exactly once.
 
-It reads the joined stream through a consumer group and acknowledges entries only after their file is on disk.
-A file is named by the id of its first entry, so a restart that re-reads unacknowledged entries rewrites the
-same file instead of adding a second copy. Files go to ``<log_dir>/date=YYYY-MM-DD/part-<first id>.parquet``
-(Hive-style partitions that pandas, polars, DuckDB and Spark read as a dataset).
+Each exporter process reads a stream through a consumer group under its own consumer name and acknowledges
+entries only after their file is on disk. Files are named by their first entry id *and* the consumer name
+(``part-<first id>-<consumer>.parquet``), so no process ever overwrites another's file, and a process that
+re-writes a batch after a failed acknowledgement replaces its own file with a superset of it.
+
+Liveness: every exporter refreshes a heartbeat key (``join``-independent, ``export.consumer_ttl_s``). A live
+exporter claims the unacknowledged entries of a consumer whose heartbeat expired; before writing a file an exporter
+records its path in ``{p}:export:inflight``, so a claimer acknowledges (instead of exporting again) the entries of
+a dead exporter's last file if that file made it to disk (exporters sharing a Redis share ``log_dir``). An exporter
+whose own heartbeat lapsed (it was presumed dead) drops its buffer instead of writing it.
+
+Files roll at ``export.flush_rows`` rows, ``export.max_file_bytes`` of buffered records or
+``export.flush_interval_s`` after their first row. Decisions are partitioned by the UTC date of the *decision*
+(``decided_at``): ``<log_dir>/date=YYYY-MM-DD/part-....parquet``; late rewards by the UTC date they arrived:
+``<late_dir>/date=YYYY-MM-DD/part-....parquet``. Every file records ``scout.schema_version`` and
+``scout.dataset`` in its Parquet key-value metadata.
 """
 
 from __future__ import annotations
@@ -13,9 +25,13 @@ import datetime as dt
 import logging
 import os
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
@@ -24,84 +40,318 @@ from server.settings import ExportSettings
 from server.store import Store, joined_record
 
 log = logging.getLogger(__name__)
-GROUP, CONSUMER = "exporter", "exporter-1"
+SCHEMA_VERSION = "1"
+LATE_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("item_id", pa.string()),
+        ("value", pa.float64()),
+        ("received_at", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One exported stream: where it is read from and how its entries become rows."""
+
+    name: str
+    stream: str
+    group: str
+    directory: Path
+    to_record: Callable[[dict[bytes, bytes]], dict[str, Any]]
+    to_table: Callable[[list[dict[str, Any]]], pa.Table]
+    date_ms: Callable[[dict[str, Any]], int]
+    key_columns: tuple[str, ...]
+
+
+def decision_dataset(store: Store, settings: ExportSettings) -> Dataset:
+    """Joined decisions, partitioned by decision date."""
+    return Dataset(
+        "decisions",
+        store.joined,
+        "exporter",
+        settings.log_dir,
+        joined_record,
+        records_to_table,
+        _decided_at,
+        ("event_id",),
+    )
+
+
+def late_dataset(store: Store, settings: ExportSettings) -> Dataset:
+    """Rewards that arrived after their decision's window, partitioned by the date they arrived."""
+    return Dataset(
+        "late",
+        store.late,
+        "late-exporter",
+        settings.late_dir,
+        late_record,
+        _late_table,
+        _received_at,
+        ("event_id", "item_id"),
+    )
+
+
+def late_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """A late-reward stream entry as a row."""
+    return {
+        "event_id": fields[b"event_id"].decode(),
+        "item_id": fields[b"item_id"].decode(),
+        "value": float(fields[b"value"]),
+        "received_at": int(fields[b"received_at"]),
+    }
+
+
+def _late_table(records: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=LATE_SCHEMA)
+
+
+def _decided_at(record: dict[str, Any]) -> int:
+    return int(record["decided_at"])
+
+
+def _received_at(record: dict[str, Any]) -> int:
+    return int(record["received_at"])
 
 
 class Exporter:
-    """Joined stream to Parquet.
+    """A stream to Parquet files, exactly once, with any number of exporter processes.
 
     Parameters
     ----------
     store
         Redis state.
     settings
-        Directory, rows per file and flush interval.
+        Directories, rolling thresholds and the heartbeat TTL.
+    consumer
+        This process's consumer name (unique per process).
+    dataset
+        What to export (default: the joined decisions).
     """
 
-    def __init__(self, store: Store, settings: ExportSettings) -> None:
-        self.store, self.settings = store, settings
-        self.buffer: list[tuple[str, dict[str, Any]]] = []
+    def __init__(self, store: Store, settings: ExportSettings, consumer: str, dataset: Dataset | None = None) -> None:
+        self.store, self.settings, self.consumer = store, settings, consumer
+        self.dataset = dataset or decision_dataset(store, settings)
+        self.buffer: dict[str, dict[str, Any]] = {}
+        self.buffer_bytes = 0
+        self.first_buffered: float | None = None
         self.exported = 0
+        self.claimed = 0
+        self.files: list[Path] = []
+        self._ready = False
+        self._last_claim = 0.0
+        self._unparseable: list[str] = []
+        self.dropped = 0
 
-    async def ensure_group(self) -> None:
-        """Create the consumer group (reading from the stream's start) unless it exists."""
+    async def step(self) -> float:
+        """Heartbeat, claim a dead exporter's entries, read, and roll a file when due; returns 0 (reads block)."""
         try:
-            await self.store.client.xgroup_create(self.store.joined, GROUP, id="0", mkstream=True)
+            if not self._ready:
+                await self._prepare()
+            await self._heartbeat()
+            if time.monotonic() - self._last_claim >= self.settings.consumer_ttl_s / 4:
+                await self.claim_dead()
+                self._last_claim = time.monotonic()
+            await self.poll(block_ms=int(min(self.settings.flush_interval_s, 0.5) * 1000))
+            if self.due():
+                await self.flush()
+        except Exception:
+            self._ready = False
+            raise
+        return 0.0
+
+    async def _prepare(self) -> None:
+        """Create the group if needed and re-read what this consumer was delivered but has not acknowledged."""
+        try:
+            await self.store.client.xgroup_create(self.dataset.stream, self.dataset.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        await self._heartbeat(create=True)
+        await self.poll(start="0")
+        self._ready = True
 
-    async def poll(self, block_ms: int | None = None) -> int:
-        """Read new entries into the buffer (first those read before but never acknowledged)."""
-        for start in ("0", ">"):
-            reply: Any = await self.store.client.xreadgroup(
-                GROUP,
-                CONSUMER,
-                {self.store.joined: start},
-                count=self.settings.flush_rows,
-                block=block_ms if start == ">" else None,
-            )
-            seen = {entry_id for entry_id, _ in self.buffer}
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    if key not in seen and fields:
-                        self.buffer.append((key, joined_record(fields)))
+    async def _heartbeat(self, create: bool = False) -> bool:
+        """Refresh this consumer's heartbeat; False when it had expired (others may have claimed our entries)."""
+        ttl = int(self.settings.consumer_ttl_s * 1000)
+        key = self.store.alive_key(self.consumer)
+        if create:
+            await self.store.client.set(key, "1", px=ttl)
+            return True
+        return bool(await self.store.client.set(key, "1", px=ttl, xx=True))
+
+    def due(self) -> bool:
+        """Whether the buffered entries make a file now (rows, bytes or age)."""
+        if not self.buffer:
+            return False
+        s = self.settings
+        old = self.first_buffered is not None and time.monotonic() - self.first_buffered >= s.flush_interval_s
+        return len(self.buffer) >= s.flush_rows or self.buffer_bytes >= s.max_file_bytes or old
+
+    def _add(self, entry_id: Any, fields: dict[bytes, bytes] | None) -> None:
+        key = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        if key in self.buffer or not fields:
+            return
+        try:
+            record = self.dataset.to_record(fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("%s: stream entry %s does not parse (%s); dropped", self.dataset.name, key, exc)
+            self._unparseable.append(key)
+            return
+        if self.first_buffered is None:
+            self.first_buffered = time.monotonic()
+        self.buffer[key] = record
+        self.buffer_bytes += sum(len(k) + len(v) for k, v in fields.items())
+
+    async def poll(self, block_ms: int | None = None, start: str = ">") -> int:
+        """Read entries into the buffer: new ones (``>``) or this consumer's unacknowledged ones (``0``)."""
+        room = max(1, self.settings.flush_rows - len(self.buffer))
+        reply: Any = await self.store.client.xreadgroup(
+            self.dataset.group,
+            self.consumer,
+            {self.dataset.stream: start},
+            count=None if start == "0" else room,
+            block=block_ms if start == ">" else None,
+        )
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._add(entry_id, fields)
+        if self._unparseable:  # no row can come of them: acknowledge, so they do not pin the stream forever
+            await self.store.client.xack(self.dataset.stream, self.dataset.group, *self._unparseable)
+            self.dropped += len(self._unparseable)
+            self._unparseable = []
         return len(self.buffer)
 
-    async def flush(self) -> Path | None:
-        """Write the buffer to one Parquet file, then acknowledge and trim; returns the file written."""
-        if not self.buffer:
-            return None
-        ids = [entry_id for entry_id, _ in self.buffer]
-        records = [record for _, record in self.buffer]
-        day = dt.datetime.fromtimestamp(records[0]["joined_at"] / 1000, tz=dt.UTC).date().isoformat()
-        path = self.settings.log_dir / f"date={day}" / f"part-{ids[0].replace('-', '_')}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".parquet.partial")
-        pq.write_table(records_to_table(records), partial)
-        os.replace(partial, path)
-        await self.store.client.xack(self.store.joined, GROUP, *ids)
-        learned: Any = await self.store.client.hget(self.store.learner, "position")
-        if learned is not None:
-            await self.store.client.xtrim(self.store.joined, minid=min(ids[-1], learned.decode(), key=_stream_id))
-        self.exported += len(records)
-        self.buffer.clear()
-        log.info("exported %d joined decisions to %s", len(records), path)
-        return path
+    async def claim_dead(self) -> int:
+        """Take over the unacknowledged entries of consumers whose heartbeat expired; returns how many."""
+        client, ds = self.store.client, self.dataset
+        consumers: Any = await client.xinfo_consumers(ds.stream, ds.group)
+        claimed = 0
+        for info in consumers:
+            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+            if name == self.consumer or await client.exists(self.store.alive_key(name)):
+                continue
+            written = await asyncio.to_thread(self._written_by, await self._inflight_paths(name))
+            while True:
+                pending: Any = await client.xpending_range(ds.stream, ds.group, "-", "+", 1000, consumername=name)
+                if not pending:
+                    break
+                ids = [p["message_id"] for p in pending]
+                entries: Any = await client.xclaim(ds.stream, ds.group, self.consumer, 0, ids)
+                done = []
+                for entry_id, fields in entries:
+                    if fields and self._key(fields) in written:
+                        done.append(entry_id)
+                    else:
+                        self._add(entry_id, fields)
+                gone = set(ids) - {e for e, _ in entries}
+                done += list(gone)  # trimmed away: nothing left to export
+                if done:
+                    await client.xack(ds.stream, ds.group, *done)
+                claimed += len(entries)
+            await client.hdel(self.store.inflight, f"{ds.name}:{name}")
+            await client.xgroup_delconsumer(ds.stream, ds.group, name)
+            log.warning("%s: claimed %d entries of dead exporter %s", ds.name, claimed, name)
+        self.claimed += claimed
+        return claimed
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Export until ``stop`` is set, then flush what is buffered."""
-        await self.ensure_group()
-        last_flush = time.monotonic()
-        while not stop.is_set():
-            await self.poll(block_ms=int(min(self.settings.flush_interval_s, 0.5) * 1000))
-            due = time.monotonic() - last_flush >= self.settings.flush_interval_s
-            if len(self.buffer) >= self.settings.flush_rows or (due and self.buffer):
-                await self.flush()
-                last_flush = time.monotonic()
-        await self.poll()
-        await self.flush()
+    async def _inflight_paths(self, consumer: str) -> list[str]:
+        paths: Any = await self.store.client.hget(self.store.inflight, f"{self.dataset.name}:{consumer}")
+        return (paths or b"").decode().splitlines()
+
+    def _written_by(self, paths: list[str]) -> set[tuple[Any, ...]]:
+        """Row keys in the files a dead consumer was writing when it died (only files that reached disk)."""
+        written: set[tuple[Any, ...]] = set()
+        for path in paths:
+            if Path(path).exists():
+                rows = pq.read_table(path, columns=list(self.dataset.key_columns)).to_pylist()
+                written |= {tuple(row[c] for c in self.dataset.key_columns) for row in rows}
+        return written
+
+    def _key(self, fields: dict[bytes, bytes]) -> tuple[Any, ...]:
+        return tuple(fields.get(c.encode(), b"").decode() for c in self.dataset.key_columns)
+
+    async def flush(self) -> list[Path]:
+        """Write the buffer (one file per date partition), then acknowledge and trim; returns the files written."""
+        if not self.buffer:
+            return []
+        if not await self._heartbeat():
+            log.error(
+                "%s: exporter %s was presumed dead (heartbeat expired); dropping %d buffered entries to the claimer",
+                self.dataset.name,
+                self.consumer,
+                len(self.buffer),
+            )
+            self._clear()
+            self._ready = False
+            return []
+        groups: dict[str, list[str]] = defaultdict(list)
+        for entry_id, record in self.buffer.items():
+            day = dt.datetime.fromtimestamp(self.dataset.date_ms(record) / 1000, tz=dt.UTC).date().isoformat()
+            groups[day].append(entry_id)
+        paths = {
+            day: self.dataset.directory / f"date={day}" / f"part-{ids[0].replace('-', '_')}-{self.consumer}.parquet"
+            for day, ids in groups.items()
+        }
+        field = f"{self.dataset.name}:{self.consumer}"
+        await self.store.client.hset(self.store.inflight, field, "\n".join(str(p) for p in paths.values()))
+        await asyncio.to_thread(self._write, groups, paths)
+        ids = list(self.buffer)
+        await self.store.client.xack(self.dataset.stream, self.dataset.group, *ids)
+        await self.store.client.hdel(self.store.inflight, field)
+        await self.trim()
+        self.exported += len(ids)
+        self.files += list(paths.values())
+        log.debug("exported %d %s to %s", len(ids), self.dataset.name, ", ".join(map(str, paths.values())))
+        self._clear()
+        return list(paths.values())
+
+    def _write(self, groups: dict[str, list[str]], paths: dict[str, Path]) -> None:
+        for day, ids in groups.items():
+            path = paths[day]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table = self.dataset.to_table([self.buffer[i] for i in ids])
+            metadata = dict(table.schema.metadata or {})
+            metadata[b"scout.schema_version"] = SCHEMA_VERSION.encode()
+            metadata[b"scout.dataset"] = self.dataset.name.encode()
+            partial = path.with_suffix(".parquet.partial")
+            pq.write_table(table.replace_schema_metadata(metadata), partial)
+            os.replace(partial, path)
+
+    def _clear(self) -> None:
+        self.buffer = {}
+        self.buffer_bytes = 0
+        self.first_buffered = None
+
+    async def trim(self) -> None:
+        """Drop stream entries every group (and, for decisions, the learner) has consumed."""
+        client, stream = self.store.client, self.dataset.stream
+        floor: tuple[int, int] | None = None
+        groups: Any = await client.xinfo_groups(stream)
+        for group in groups:
+            last = group["last-delivered-id"]
+            low = _stream_id(last.decode() if isinstance(last, bytes) else str(last))
+            if group["pending"]:
+                summary: Any = await client.xpending(stream, group["name"])
+                first = summary["min"]
+                low = min(low, _stream_id(first.decode() if isinstance(first, bytes) else str(first)))
+            floor = low if floor is None else min(floor, low)
+        if stream == self.store.joined:
+            learned: Any = await client.hget(self.store.learner, "position")
+            if learned is None:
+                return
+            low = _stream_id(learned.decode())
+            floor = low if floor is None else min(floor, low)
+        if floor is not None:
+            await client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}")
+
+    async def final(self) -> None:
+        """On shutdown: read what is left and write it."""
+        if not self._ready:
+            await self._prepare()
+        while await self.poll() > 0:
+            await self.flush()
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from server.settings import JoinSettings
@@ -12,16 +10,21 @@ from server.store import Store, now_ms
 log = logging.getLogger(__name__)
 
 
-async def run_joiner(store: Store, settings: JoinSettings, stop: asyncio.Event) -> None:
-    """Join due decisions until ``stop`` is set; a decision's slots without a reward get the default reward."""
-    while not stop.is_set():
-        joined = await store.join_due(now_ms(), settings.batch, settings.closed_ttl_s)
-        if joined:
-            log.debug("joined %d decisions", joined)
-        if joined < settings.batch:
-            await _sleep(stop, settings.poll_interval_s)
+class Joiner:
+    """Joins due decisions; a decision's slots without a reward get the default reward.
 
+    Any number of joiners may share one Redis: the join is one Lua script, so each decision is joined once.
+    """
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    def __init__(self, store: Store, settings: JoinSettings) -> None:
+        self.store, self.settings = store, settings
+        self.joined = 0
+
+    async def step(self) -> float:
+        """Join one batch; returns the seconds to wait before the next (0 when a full batch was due)."""
+        s = self.settings
+        due = await self.store.join_due(now_ms(), s.batch, s.closed_ttl_s, s.joined_stream_maxlen)
+        self.joined += due
+        if due:
+            log.debug("joined %d decisions", due)
+        return 0.0 if due >= s.batch else s.poll_interval_s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 import uuid
@@ -13,18 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from bandits.base import Candidates, Policy
+from bandits.base import Candidates, Policy, Slate
 from bandits.emerging import EmergingRule
 from bandits.features import build_features, feature_dim
 from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
 from server.assignment import assign
-from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.errors import FailedPrecondition
 from server.settings import Experiment, Settings
+from server.validation import MAX_ID_CHARS, MAX_IDS, check_recommend
 
 log = logging.getLogger(__name__)
-MAX_IDS = 1000
-MAX_ID_LENGTH = 512
+MAX_ID_LENGTH = MAX_ID_CHARS  # the names earlier callers import
+__all__ = ["MAX_IDS", "MAX_ID_LENGTH", "Decision", "PolicyBook", "RecommendInput", "Recommender"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Recommender:
     """
 
     def __init__(self, settings: Settings, index: IndexArtifact, policies: PolicyBook, seed: int | None = None) -> None:
+        seed = settings.server.event_id_seed if seed is None else seed
         self._ids = None if seed is None else random.Random(seed)
         self.settings = settings
         self.index = index
@@ -99,37 +100,20 @@ class Recommender:
         self.rules: dict[str, EmergingRule] = {
             e.name: e.emerging.resolve(index.creator_ids, index.creator_popularity) for e in settings.experiments
         }
+        self.fallbacks = 0
+        self._warned: set[tuple[str, str, str]] = set()
 
     def validate(self, request: RecommendInput) -> Experiment:
-        """Check every field; raise ``InvalidArgument`` or ``NotFound`` naming the field."""
-        if not request.unit_id:
-            raise InvalidArgument("unit_id must be a non-empty string")
-        if len(request.unit_id) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"unit_id must be at most {MAX_ID_LENGTH} characters")
-        if not request.surface:
-            raise InvalidArgument("surface must be a non-empty string")
-        limit = self.settings.server.max_num_items
-        if not 1 <= request.num_items <= limit:
-            raise InvalidArgument(f"num_items must be between 1 and {limit}, got {request.num_items}")
-        experiment = self.settings.experiment_for(request.surface)
-        if experiment is None:
-            known = sorted(s for e in self.settings.experiments for s in e.surfaces)
-            raise NotFound(f"surface {request.surface!r} has no experiment; configured surfaces: {known}")
-        for key, value in request.context.items():
-            if key not in experiment.context_keys:
-                raise InvalidArgument(
-                    f"context[{key!r}] is not a context key of experiment {experiment.name!r}; "
-                    f"known: {list(experiment.context_keys)}"
-                )
-            if not math.isfinite(value):
-                raise InvalidArgument(f"context[{key!r}] must be finite, got {value}")
-        for field in ("seed_item_ids", "exclude_item_ids"):
-            ids = getattr(request, field)
-            if len(ids) > MAX_IDS:
-                raise InvalidArgument(f"{field} may hold at most {MAX_IDS} ids, got {len(ids)}")
-            if any(not i or len(i) > MAX_ID_LENGTH for i in ids):
-                raise InvalidArgument(f"{field} must hold non-empty ids of at most {MAX_ID_LENGTH} characters")
-        return experiment
+        """Check every field (see :mod:`server.validation`); raise ``InvalidArgument`` or ``NotFound``."""
+        return check_recommend(
+            self.settings,
+            request.unit_id,
+            request.surface,
+            request.num_items,
+            request.context,
+            request.seed_item_ids,
+            request.exclude_item_ids,
+        )
 
     def decide(self, request: RecommendInput) -> Decision:
         """Assign, retrieve, rank; the returned record holds everything needed to replay the decision."""
@@ -138,18 +122,19 @@ class Recommender:
         policy = self.policies.get(experiment.name, variant.name)
         index = self.index
         seeds = [i for i in request.seed_item_ids if index.has(i)]
-        excluded = index.positions([i for i in request.exclude_item_ids if index.has(i)])
+        excluded_ids = list(dict.fromkeys(i for i in request.exclude_item_ids if index.has(i)))
+        excluded = index.positions(excluded_ids)
         query = index.query(index.positions(seeds))
         found = index.search(query, experiment.candidates, exclude=excluded)
         if len(found.positions) == 0:
-            raise FailedPrecondition("no candidates are left after exclude_item_ids")
+            raise FailedPrecondition("exclude_item_ids leave no candidates")
         context = np.array([request.context.get(k, 0.0) for k in experiment.context_keys])
         rule = self.rules[experiment.name]
         positions = found.positions
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
         candidates = Candidates(build_features(query, index.vectors[positions], context), emerging)
         event_id = uuid.uuid4() if self._ids is None else uuid.UUID(int=self._ids.getrandbits(128), version=4)
-        slate = policy.rank(candidates, request.num_items, np.random.default_rng(event_id.int))
+        slate = self._rank(policy, candidates, request.num_items, event_id.int, (experiment.name, variant.name))
         served = positions[slate.indices]
         record = {
             "event_id": event_id.hex,
@@ -165,7 +150,7 @@ class Recommender:
             "context_keys": list(experiment.context_keys),
             "context_values": context.tolist(),
             "seed_item_ids": seeds,
-            "exclude_item_ids": list(request.exclude_item_ids),
+            "exclude_item_ids": excluded_ids,
             "candidate_ids": index.item_ids[positions].tolist(),
             "item_ids": index.item_ids[served].tolist(),
             "creator_ids": index.creator_ids[served].tolist(),
@@ -175,3 +160,36 @@ class Recommender:
             "default_reward": self.settings.join.default_reward,
         }
         return Decision(record, tuple(slate.scores[slate.indices].tolist()))
+
+    def _rank(self, policy: Policy, candidates: Candidates, num_items: int, seed: int, key: tuple[str, str]) -> Slate:
+        """The policy's slate, or a uniformly random one when the policy's numbers are not finite.
+
+        A policy whose state overflowed would serve and log NaN scores and propensities; instead the slate is
+        drawn uniformly over the candidates (slot k's propensity is exactly ``1 / (K - k)``), served with score 0,
+        counted in :attr:`fallbacks` and logged once per policy version.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is what this guards against; no warnings
+            if np.isfinite(policy.scores(candidates.features)).all():
+                slate = policy.rank(candidates, num_items, np.random.default_rng(seed))
+                p = slate.propensities
+                if np.isfinite(slate.scores).all() and np.isfinite(p).all() and ((p > 0) & (p <= 1 + 1e-9)).all():
+                    return slate
+        self.fallbacks += 1
+        warned = (*key, str(policy.version))
+        if warned not in self._warned:
+            self._warned.add(warned)
+            log.error(
+                "policy %s of %s/%s (version %s) produced non-finite scores or propensities; serving uniformly "
+                "random slates until a finite snapshot replaces it",
+                policy.name,
+                *warned,
+            )
+        return uniform_slate(candidates.count, num_items, np.random.default_rng(seed))
+
+
+def uniform_slate(count: int, num_items: int, rng: np.random.Generator) -> Slate:
+    """``min(num_items, count)`` of ``count`` candidates drawn uniformly without replacement, exact propensities."""
+    n = min(num_items, count)
+    indices = rng.permutation(count)[:n].astype(np.int64)
+    propensities = 1.0 / (count - np.arange(n, dtype=np.float64))
+    return Slate(indices=indices, propensities=propensities, scores=np.zeros(count))

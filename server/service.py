@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -13,12 +14,29 @@ import redis
 
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ScoutError
 from server.pb import scout_pb2, scout_pb2_grpc
-from server.recommender import MAX_ID_LENGTH, Recommender, RecommendInput
+from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
-from server.store import CLOSED, DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
+from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
+from server.validation import check_reward
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
+#: A decision is logged only if at least this long remains of the client's deadline after recording it.
+DEADLINE_MARGIN_S = 0.005
+
+
+class ClientGone(ScoutError):
+    """The client cancelled or its deadline passed before its decision could be delivered; nothing is logged."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _gone(context: grpc.aio.ServicerContext) -> bool:
+    """True when the response could no longer reach the client in time."""
+    if context.cancelled() or context.done():
+        return True
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < DEADLINE_MARGIN_S
 
 
 def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -30,9 +48,15 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
             return await handler(self, request, context)
         except ScoutError as exc:
             await context.abort(exc.code, str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             log.warning("%s: redis unavailable: %s", handler.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry")
+        except redis.ResponseError as exc:
+            if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+                log.exception("%s failed", handler.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            log.error("%s: redis is at its memory cap (maxmemory, noeviction): %s", handler.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is full; retry later")
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -44,15 +68,19 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 class RecommenderService(scout_pb2_grpc.RecommenderServicer):
     """The ``scout.v1.Recommender`` service."""
 
-    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings) -> None:
+    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings, workers: int = 2) -> None:
         self.recommender, self.store, self.join = recommender, store, join
+        # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="scout-decide")
 
     @_status
     async def Recommend(  # noqa: N802 - gRPC method name
         self, request: scout_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RecommendResponse:
-        """Assign, retrieve, rank, log the decision, answer with the slate."""
-        decision = self.recommender.decide(
+        """Assign, retrieve, rank (on a worker thread), log the decision unless the client is gone, answer."""
+        decision = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            self.recommender.decide,
             RecommendInput(
                 unit_id=request.unit_id,
                 surface=request.surface,
@@ -60,11 +88,15 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
                 context=dict(request.context),
                 seed_item_ids=tuple(request.seed_item_ids),
                 exclude_item_ids=tuple(request.exclude_item_ids),
-            )
+            ),
         )
         record = decision.record
+        if _gone(context):
+            raise ClientGone("the deadline passed (or the call was cancelled) before the decision was made; not logged")
         due = record["decided_at"] + int(self.join.reward_window_s * 1000)
-        await self.store.record_decision(record, due, self.join.decision_stream_maxlen)
+        await self.store.record_decision(record, due, self.join.decision_stream_maxlen, self.join.pending_ttl_s)
+        if _gone(context) and await self.store.unrecord_decision(record["event_id"]):
+            raise ClientGone("the deadline passed (or the call was cancelled) while logging; decision withdrawn")
         items = [
             scout_pb2.RecommendedItem(
                 item_id=item, creator_id=creator, position=k, score=score, propensity=p, emerging=emerging
@@ -96,17 +128,16 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         self, request: scout_pb2.RewardRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RewardResponse:
         """Validate and record a reward for one served item; duplicates are acknowledged and ignored."""
-        if not request.event_id or len(request.event_id) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-        if not request.item_id or "\n" in request.item_id or len(request.item_id) > MAX_ID_LENGTH:
-            raise InvalidArgument("item_id must be a non-empty id without line breaks")
-        if not math.isfinite(request.value):
-            raise InvalidArgument(f"value must be finite, got {request.value}")
-        outcome = await self.store.record_reward(request.event_id, request.item_id, request.value)
+        check_reward(self.recommender.settings.limits, request.event_id, request.item_id, request.value)
+        outcome = await self.store.record_reward(
+            request.event_id, request.item_id, request.value, self.join.late_stream_maxlen
+        )
         if outcome == UNKNOWN:
             raise NotFound(f"event_id {request.event_id!r} is not a known decision")
-        if outcome == CLOSED:
+        if outcome == CLOSED:  # a decision joined before late rewards were kept (its closed marker holds no items)
             raise FailedPrecondition(f"event_id {request.event_id!r}: the reward window has closed")
+        if outcome in (LATE, LATE_DUPLICATE):
+            return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == LATE_DUPLICATE, late=True)
         if outcome == NOT_IN_SLATE:
             raise InvalidArgument(f"item_id {request.item_id!r} was not served in event {request.event_id!r}")
         return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == DUPLICATE)

@@ -1,17 +1,28 @@
-"""Settings: one frozen dataclass tree from the embedded defaults, a TOML file and ``SCOUT_*`` variables."""
+"""Settings: one frozen dataclass tree from the embedded defaults, a TOML file and ``SCOUT_*`` variables.
+
+The loader is generic over the dataclasses below: every key of every table (at any depth, in arrays of tables
+too) must be a field of the dataclass it fills, every field without a default must be present, and every value
+must have the field's type. Numeric ranges are part of the type (``Annotated[int, Bounds(ge=0, le=65535)]``,
+:data:`PositiveInt`, :data:`PositiveFloat`); checks across fields live in each dataclass's ``__post_init__``. A
+new setting is one annotated field plus its key in ``defaults.toml``; nothing else in the loader changes.
+Errors name where the offending value came from (the file, or the environment variable), the key path, and what
+is allowed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 from bandits.emerging import EmergingRule
-from bandits.registry import POLICIES
+from bandits.registry import POLICIES, create_policy
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
 ENVIRONMENT = {
@@ -24,7 +35,29 @@ ENVIRONMENT = {
 
 
 class SettingsError(ValueError):
-    """Invalid settings; the message names the file or variable and the key."""
+    """Invalid settings; the message names the file or variable, the key path and what is allowed."""
+
+
+class FieldError(ValueError):
+    """Raised by a settings dataclass's ``__post_init__``: ``key`` is the offending key below its table."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Range of a numeric setting, attached with ``Annotated``: the loader checks ``> gt``, ``>= ge``, ``<= le``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+
+
+FREE_TABLE = "free table"  # marks a table whose keys are not fields (policy parameters, checked by the policy)
+PositiveInt = Annotated[int, Bounds(gt=0)]
+PositiveFloat = Annotated[float, Bounds(gt=0)]
 
 
 @dataclass(frozen=True)
@@ -32,9 +65,23 @@ class Variant:
     """One arm of an experiment: its traffic weight and its policy."""
 
     name: str
-    weight: float
+    weight: PositiveFloat
     policy: str
-    params: tuple[tuple[str, Any], ...]
+    params: Annotated[tuple[tuple[str, Any], ...], FREE_TABLE] = ()
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise FieldError(("policy",), f"must be one of {sorted(POLICIES)}, got {self.policy!r}")
+        params = dict(self.params)
+        try:
+            create_policy(self.policy, 1, params)
+        except (TypeError, ValueError) as exc:
+            for key, value in params.items():  # name the parameter that fails on its own
+                try:
+                    create_policy(self.policy, 1, {key: value})
+                except (TypeError, ValueError) as single:
+                    raise FieldError(("params", key), str(single)) from exc
+            raise FieldError(("params",), str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -44,49 +91,93 @@ class Experiment:
     name: str
     salt: str
     surfaces: tuple[str, ...]
-    context_keys: tuple[str, ...]
-    candidates: int
-    emerging: EmergingRule
+    candidates: PositiveInt
     variants: tuple[Variant, ...]
+    context_keys: tuple[str, ...] = ()
+    emerging: EmergingRule = field(default_factory=EmergingRule)
+
+    def __post_init__(self) -> None:
+        if not self.surfaces:
+            raise FieldError(("surfaces",), "must name at least one surface")
+        if any(not s for s in self.surfaces):
+            raise FieldError(("surfaces",), "surfaces must be non-empty strings")
+        if len(set(self.context_keys)) != len(self.context_keys):
+            raise FieldError(("context_keys",), f"has duplicates: {list(self.context_keys)}")
+        if not self.variants:
+            raise FieldError(("variants",), "must name at least one variant ([[experiments.variants]])")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise FieldError(("variants",), f"variant names must be unique, got {names}")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """gRPC serving."""
+    """gRPC serving.
+
+    ``event_id_seed`` makes event ids (and so each decision's sampling) reproducible, for demos and tests only:
+    a restarted server repeats the same ids, so never set it where decisions outlive a process.
+    """
 
     host: str
-    port: int
-    max_num_items: int
-    refresh_interval_s: float
+    port: Annotated[int, Bounds(ge=0, le=65535)]
+    max_num_items: Annotated[int, Bounds(ge=1, le=1000)]
+    refresh_interval_s: PositiveFloat
+    health_interval_s: PositiveFloat = 0.5
+    decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
+    event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
 
 
 @dataclass(frozen=True)
 class JoinSettings:
     """Reward joins."""
 
-    reward_window_s: float
+    reward_window_s: PositiveFloat
     default_reward: float
-    poll_interval_s: float
-    batch: int
-    closed_ttl_s: int
-    decision_stream_maxlen: int
+    poll_interval_s: PositiveFloat
+    batch: PositiveInt
+    closed_ttl_s: PositiveInt
+    decision_stream_maxlen: Annotated[int, Bounds(ge=0)]
+    pending_ttl_s: PositiveInt = 604800
+    joined_stream_maxlen: PositiveInt = 1000000
+    late_stream_maxlen: PositiveInt = 100000
+
+    def __post_init__(self) -> None:
+        if self.pending_ttl_s <= self.reward_window_s:
+            raise FieldError(("pending_ttl_s",), f"must exceed reward_window_s ({self.reward_window_s:g})")
 
 
 @dataclass(frozen=True)
 class LearnerSettings:
     """The learner loop."""
 
-    poll_interval_s: float
-    batch: int
+    poll_interval_s: PositiveFloat
+    batch: PositiveInt
+    lease_ttl_s: PositiveFloat = 10.0
 
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """Parquet export of joined decisions."""
+    """Parquet export of joined decisions (and late rewards); files roll by rows, bytes or age."""
 
     log_dir: Path
-    flush_rows: int
-    flush_interval_s: float
+    flush_rows: PositiveInt
+    flush_interval_s: PositiveFloat
+    max_file_bytes: PositiveInt = 128 * 1024 * 1024
+    late_log_dir: Path | None = None
+    consumer_ttl_s: PositiveFloat = 30.0
+
+    @property
+    def late_dir(self) -> Path:
+        """Where late rewards are exported: ``late_log_dir``, else ``late`` next to ``log_dir``."""
+        return self.late_log_dir if self.late_log_dir is not None else self.log_dir.parent / "late"
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Bounds on the numbers a request may send into the models (see the README's "Limits")."""
+
+    max_context_abs: PositiveFloat
+    max_reward_abs: PositiveFloat
 
 
 @dataclass(frozen=True)
@@ -101,7 +192,27 @@ class Settings:
     join: JoinSettings
     learner: LearnerSettings
     export: ExportSettings
+    limits: LimitSettings
     experiments: tuple[Experiment, ...]
+    redis_appendfsync: str = "everysec"
+    redis_maxmemory: str = "1gb"
+
+    def __post_init__(self) -> None:
+        if self.redis_appendfsync not in ("always", "everysec", "no"):
+            raise FieldError(
+                ("redis_appendfsync",), f"must be one of always, everysec, no; got {self.redis_appendfsync!r}"
+            )
+        if not self.experiments:
+            raise FieldError(("experiments",), "at least one [[experiments]] table is required")
+        surfaces = [surface for e in self.experiments for surface in e.surfaces]
+        if len(surfaces) != len(set(surfaces)):
+            raise FieldError(("experiments",), f"a surface may belong to one experiment only; got {surfaces}")
+        if abs(self.join.default_reward) > self.limits.max_reward_abs:
+            raise FieldError(
+                ("join", "default_reward"),
+                f"must be within limits.max_reward_abs ({self.limits.max_reward_abs:g}), "
+                f"got {self.join.default_reward:g}",
+            )
 
     def experiment_for(self, surface: str) -> Experiment | None:
         """The experiment that fills ``surface``, if any."""
@@ -109,28 +220,42 @@ class Settings:
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the defaults, overlay ``path`` (if given) and ``SCOUT_*`` variables, and validate."""
+    """Read the defaults, overlay ``path`` (if given) and ``SCOUT_*`` variables, and validate.
+
+    Tables merge key by key at every depth; an array (``[[experiments]]``) replaces the default one whole.
+
+    Raises
+    ------
+    SettingsError
+        A file cannot be read or parsed, or a key is unknown, missing, of the wrong type or out of range; the
+        message starts with the file or variable the value came from and names the key path.
+    """
     raw = _read(DEFAULTS)
-    source = str(DEFAULTS)
+    origins: dict[tuple[str | int, ...], str] = {(): str(DEFAULTS)}
     if path is not None:
-        overlay = _read(path)
-        source = str(path)
-        for key, value in overlay.items():
-            if isinstance(value, dict) and isinstance(raw.get(key), dict):
-                raw[key] = {**raw[key], **value}
-            else:
-                raw[key] = value
+        _merge(raw, _read(path), origins, str(path), ())
     for var, keys in ENVIRONMENT.items():
         value = (os.environ if environ is None else environ).get(var)
         if value is not None:
-            target = raw
-            for key in keys[:-1]:
-                target = target.setdefault(key, {})
-            target[keys[-1]] = int(value) if keys[-1] == "port" and value.isdigit() else value
+            _merge(raw, _nest(keys, _FromEnv(value)), origins, f"environment variable {var}", ())
     try:
-        return _build(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SettingsError(f"{source}: {exc}") from exc
+        settings = _table(Settings, raw, ())
+    except _Bad as bad:
+        raise SettingsError(f"{_origin(origins, bad.path)}: {_render(raw, bad.path)}: {bad.message}") from None
+    assert isinstance(settings, Settings)
+    return settings
+
+
+class _FromEnv(str):
+    """A value read from an environment variable: parsed to the field's type rather than type-checked."""
+
+    __slots__ = ()
+
+
+class _Bad(Exception):
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = path, message
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -138,96 +263,156 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: invalid TOML: {exc}") from exc
 
 
-def _positive(name: str, value: Any, kind: type = float) -> Any:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return kind(value)
+def _nest(keys: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        out = {key: out}
+    return out
 
 
-def _build(raw: dict[str, Any]) -> Settings:
-    s, j, le, ex = raw["server"], raw["join"], raw["learner"], raw["export"]
-    port = s["port"]
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"server.port must be an integer in 0..65535, got {port!r}")
-    default_reward = j["default_reward"]
-    if not isinstance(default_reward, int | float) or not math.isfinite(default_reward):
-        raise ValueError(f"join.default_reward must be a finite number, got {default_reward!r}")
-    experiments = tuple(_experiment(i, e) for i, e in enumerate(raw.get("experiments", [])))
-    if not experiments:
-        raise ValueError("at least one [[experiments]] table is required")
-    surfaces = [surface for e in experiments for surface in e.surfaces]
-    if len(surfaces) != len(set(surfaces)):
-        raise ValueError(f"a surface may belong to one experiment only; got {surfaces}")
-    return Settings(
-        redis_url=str(raw.get("redis_url") or ""),
-        index=Path(raw["index"]),
-        data_dir=Path(raw["data_dir"]),
-        key_prefix=str(raw["key_prefix"]),
-        server=ServerSettings(
-            str(s["host"]),
-            port,
-            _positive("server.max_num_items", s["max_num_items"], int),
-            _positive("server.refresh_interval_s", s["refresh_interval_s"]),
-        ),
-        join=JoinSettings(
-            reward_window_s=_positive("join.reward_window_s", j["reward_window_s"]),
-            default_reward=float(default_reward),
-            poll_interval_s=_positive("join.poll_interval_s", j["poll_interval_s"]),
-            batch=_positive("join.batch", j["batch"], int),
-            closed_ttl_s=_positive("join.closed_ttl_s", j["closed_ttl_s"], int),
-            decision_stream_maxlen=_positive("join.decision_stream_maxlen", j["decision_stream_maxlen"], int),
-        ),
-        learner=LearnerSettings(
-            _positive("learner.poll_interval_s", le["poll_interval_s"]), _positive("learner.batch", le["batch"], int)
-        ),
-        export=ExportSettings(
-            Path(ex["log_dir"]),
-            _positive("export.flush_rows", ex["flush_rows"], int),
-            _positive("export.flush_interval_s", ex["flush_interval_s"]),
-        ),
-        experiments=experiments,
-    )
+def _merge(
+    base: dict[str, Any],
+    overlay: dict[str, Any],
+    origins: dict[tuple[str | int, ...], str],
+    source: str,
+    prefix: tuple[str | int, ...],
+) -> None:
+    for key, value in overlay.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            origins.setdefault(path, origins.get(prefix, source))
+            _merge(base[key], value, origins, source, path)
+        else:
+            base[key] = value
+            for known in [p for p in origins if p[: len(path)] == path]:
+                del origins[known]
+            origins[path] = source
 
 
-def _experiment(i: int, e: dict[str, Any]) -> Experiment:
-    where = f"experiments[{i}]"
-    variants = []
-    for k, v in enumerate(e.get("variants", [])):
-        name = f"{where}.variants[{k}]"
-        if v.get("policy") not in POLICIES:
-            raise ValueError(f"{name}.policy must be one of {sorted(POLICIES)}, got {v.get('policy')!r}")
-        params = v.get("params", {})
-        if not isinstance(params, dict):
-            raise ValueError(f"{name}.params must be a table")
-        variants.append(
-            Variant(
-                str(v["name"]), _positive(f"{name}.weight", v["weight"]), v["policy"], tuple(sorted(params.items()))
-            )
-        )
-    if len(variants) < 1 or len({v.name for v in variants}) != len(variants):
-        raise ValueError(f"{where}.variants must name at least one variant, each once")
-    keys = tuple(str(k) for k in e.get("context_keys", []))
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{where}.context_keys has duplicates: {list(keys)}")
+def _origin(origins: dict[tuple[str | int, ...], str], path: tuple[str | int, ...]) -> str:
+    for end in range(len(path), -1, -1):
+        if path[:end] in origins:
+            return origins[path[:end]]
+    return str(DEFAULTS)
+
+
+def _render(raw: Any, path: tuple[str | int, ...]) -> str:
+    text, names, node, last = "", [], raw, ""
+    for key in path:
+        if isinstance(key, int):
+            text += f"[{key}]"
+            node = node[key] if isinstance(node, list) and key < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                names.append(f"{last.removesuffix('s')} {node['name']!r}")
+        else:
+            text += f".{key}" if text else key
+            last = key
+            node = node.get(key) if isinstance(node, dict) else None
+    text = text or "settings"
+    return f"{text} ({', '.join(names)})" if names else text
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _table(cls: type, raw: Any, path: tuple[str | int, ...]) -> Any:
+    table = f"[{_render({}, path)}]" if path else "the top level"
+    if not isinstance(raw, dict):
+        raise _Bad(path, f"must be a table, got {_kind(raw)}")
+    hints = get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            raise _Bad((*path, key), f"unknown key; {table} takes {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _Bad((*path, name), f"required key is missing from {table}")
+            continue
+        values[name] = _value(hints[name], raw[name], (*path, name))
     try:
-        emerging = EmergingRule(**e.get("emerging", {}))
-    except TypeError as exc:
-        raise ValueError(f"{where}.emerging: {exc}") from exc
-    surfaces = tuple(str(x) for x in e["surfaces"])
-    if not surfaces:
-        raise ValueError(f"{where}.surfaces must name at least one surface")
-    return Experiment(
-        name=str(e["name"]),
-        salt=str(e["salt"]),
-        surfaces=surfaces,
-        context_keys=keys,
-        candidates=_positive(f"{where}.candidates", e["candidates"], int),
-        emerging=emerging,
-        variants=tuple(variants),
+        return cls(**values)
+    except FieldError as exc:
+        raise _Bad((*path, *exc.key), str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise _Bad(path, str(exc)) from None
+
+
+def _value(tp: Any, value: Any, path: tuple[str | int, ...], marks: tuple[Any, ...] = ()) -> Any:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _value(tp.__origin__, value, path, marks + tp.__metadata__)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return _value(options[0], value, path, marks)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _table(tp, value, path)
+    if FREE_TABLE in marks:
+        if not isinstance(value, dict):
+            raise _Bad(path, f"must be a table, got {_kind(value)}")
+        for key, item in value.items():
+            if not isinstance(item, bool | int | float | str):
+                raise _Bad((*path, key), f"must be a number, boolean or string, got {_kind(item)}")
+        return tuple(sorted(value.items()))
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Bad(path, f"must be an array, got {_kind(value)}")
+        item_type = get_args(tp)[0]
+        return tuple(_value(item_type, item, (*path, k)) for k, item in enumerate(value))
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Bad(path, f"must be a string, got {_kind(value)}")
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise _Bad(path, f"must be a non-empty path string, got {_kind(value)}")
+        return Path(value)
+    if tp is bool:
+        if isinstance(value, _FromEnv) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if not isinstance(value, bool):
+            raise _Bad(path, f"must be true or false, got {_kind(value)}")
+        return value
+    if tp in (int, float):
+        bounds = next((m for m in marks if isinstance(m, Bounds)), Bounds())
+        return _number(tp, value, path, bounds)
+    return value
+
+
+def _number(tp: type, value: Any, path: tuple[str | int, ...], bounds: Bounds) -> Any:
+    allowed = ("an integer" if tp is int else "a number") + _describe(bounds)
+    if isinstance(value, _FromEnv):
+        try:
+            value = tp(value)
+        except ValueError:
+            raise _Bad(path, f"must be {allowed}, got {str(value)!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (tp is int and not isinstance(value, int)):
+        raise _Bad(path, f"must be {allowed}, got {_kind(value)}")
+    ok = (
+        math.isfinite(value)
+        and (bounds.gt is None or value > bounds.gt)
+        and (bounds.ge is None or value >= bounds.ge)
+        and (bounds.le is None or value <= bounds.le)
     )
+    if not ok:
+        raise _Bad(path, f"must be {allowed}, got {value!r}")
+    return tp(value)
+
+
+def _describe(bounds: Bounds) -> str:
+    if bounds.ge is not None and bounds.le is not None:
+        return f" in {bounds.ge:g}..{bounds.le:g}"
+    parts = [f"{op} {v:g}" for v, op in ((bounds.gt, ">"), (bounds.ge, ">="), (bounds.le, "<=")) if v is not None]
+    return " " + " and ".join(parts) if parts else ""

@@ -1,18 +1,26 @@
 """Scout's shared state in Redis: decisions awaiting their rewards, the join, streams and policy snapshots.
 
-Keys (all under one hash tag, so a Redis Cluster keeps them in one slot):
+Keys (all under one hash tag, so a Redis Cluster keeps them in one slot), each bounded by a TTL or a trim:
 
 - ``{p}:pending:<event_id>``: hash with the decision JSON, its served items and one ``r:<item_id>`` per reward;
-- ``{p}:due``: sorted set of pending event ids by the time their reward window closes;
-- ``{p}:closed:<event_id>``: marks a joined decision for ``closed_ttl_s`` (late rewards get FAILED_PRECONDITION);
-- ``{p}:decisions``: stream of decisions as made (capped), for real-time consumers;
-- ``{p}:joined``: stream of joined decisions, read by the learner and the exporter;
+  expires ``join.pending_ttl_s`` after the decision (far beyond the window: only a joiner down that long loses it);
+- ``{p}:due``: sorted set of pending event ids by the time their reward window closes (joining removes them);
+- ``{p}:closed:<event_id>``: a joined decision's served items and its late rewards, for ``join.closed_ttl_s``;
+- ``{p}:decisions``: optional stream of decision ids as made, for real-time consumers (``join.decision_stream_maxlen``,
+  0 = off); the decision itself is stored once, in its pending hash;
+- ``{p}:joined``: stream of joined decisions, read by the learner and the exporters; trimmed below what both have
+  consumed and capped at ``join.joined_stream_maxlen``;
+- ``{p}:late``: stream of rewards that arrived after their decision was joined (capped at ``join.late_stream_maxlen``);
 - ``{p}:policy:<experiment>:<variant>``: the latest policy snapshot (``version``, ``state``);
-- ``{p}:learner``: the id of the last joined entry the published snapshots include.
+- ``{p}:learner``: the id of the last joined entry the published snapshots include (``position``) and how many
+  entries were applied and skipped as poisonous (``applied``, ``skipped``); ``{p}:learner:lease``: which
+  learner may publish (expires unless renewed);
+- ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
+  writing before acknowledging it.
 
-Recording a decision, accepting a reward and joining are each one Lua script, so they are atomic: a reward is
-either recorded before its decision is joined or refused, and each decision is joined exactly once even with
-several joiners.
+Recording a decision, accepting a reward, joining and publishing are each one Lua script, so they are atomic: a
+reward is either recorded before its decision is joined or kept as late, each decision is joined exactly once even
+with several joiners, and only the learner holding the lease, from the position it read, can publish.
 """
 
 from __future__ import annotations
@@ -25,14 +33,34 @@ import redis.asyncio as aioredis
 
 _RECORD = """
 redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'items', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', ARGV[4], 'decision', ARGV[1])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', ARGV[4])
+end
 return 1
+"""
+
+_UNRECORD = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 
 _REWARD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+  local kind = redis.call('TYPE', KEYS[2])['ok']
+  if kind == 'string' then return -2 end
+  if kind == 'hash' then
+    local items = redis.call('HGET', KEYS[2], 'items') or ''
+    if not string.find(items, '\\n' .. ARGV[1] .. '\\n', 1, true) then return -3 end
+    if redis.call('HSETNX', KEYS[2], 'l:' .. ARGV[1], ARGV[2]) == 0 then return 2 end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event_id', ARGV[5], 'item_id', ARGV[1],
+               'value', ARGV[2], 'received_at', ARGV[3])
+    return 3
+  end
   return -1
 end
 local items = redis.call('HGET', KEYS[1], 'items')
@@ -42,20 +70,55 @@ return redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2])
 
 _JOIN = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local joined = 0
 for _, id in ipairs(ids) do
   local key = ARGV[4] .. ':pending:' .. id
   local fields = redis.call('HGETALL', key)
   if #fields > 0 then
-    redis.call('XADD', KEYS[2], '*', 'event_id', id, 'joined_at', ARGV[1], unpack(fields))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event_id', id, 'joined_at', ARGV[1], unpack(fields))
+    local closed = ARGV[4] .. ':closed:' .. id
+    redis.call('HSET', closed, 'items', redis.call('HGET', key, 'items'))
+    redis.call('EXPIRE', closed, tonumber(ARGV[3]))
+    joined = joined + 1
   end
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[1], id)
-  redis.call('SET', ARGV[4] .. ':closed:' .. id, '1', 'EX', tonumber(ARGV[3]))
 end
-return #ids
+return {#ids, joined}
+"""
+
+_PUBLISH = """
+local owner = redis.call('GET', KEYS[2])
+if owner ~= ARGV[1] then return -1 end
+local position = redis.call('HGET', KEYS[1], 'position') or '0-0'
+if position ~= ARGV[2] then return -2 end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+for i = 7, #ARGV, 3 do
+  redis.call('HSET', ARGV[i], 'version', ARGV[i + 1], 'state', ARGV[i + 2])
+end
+redis.call('HSET', KEYS[1], 'position', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'applied', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[6])
+return 1
+"""
+
+_LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 """
 
 ACCEPTED, DUPLICATE, UNKNOWN, CLOSED, NOT_IN_SLATE = 1, 0, -1, -2, -3
+LATE, LATE_DUPLICATE = 3, 2
+#: Publishing outcomes of :meth:`Store.publish`.
+PUBLISHED, LEASE_LOST, POSITION_MOVED = 1, -1, -2
 
 
 class Store:
@@ -75,28 +138,63 @@ class Store:
         self.due = f"{self.prefix}:due"
         self.decisions = f"{self.prefix}:decisions"
         self.joined = f"{self.prefix}:joined"
+        self.late = f"{self.prefix}:late"
         self.learner = f"{self.prefix}:learner"
+        self.lease = f"{self.prefix}:learner:lease"
+        self.inflight = f"{self.prefix}:export:inflight"
         self._record = client.register_script(_RECORD)
+        self._unrecord = client.register_script(_UNRECORD)
         self._reward = client.register_script(_REWARD)
         self._join = client.register_script(_JOIN)
+        self._publish = client.register_script(_PUBLISH)
+        self._lease = client.register_script(_LEASE)
 
-    async def record_decision(self, decision: dict[str, Any], due_ms: int, stream_maxlen: int) -> None:
-        """Store a decision for joining at ``due_ms`` (epoch milliseconds) and append it to the decision stream."""
+    def pending_key(self, event_id: str) -> str:
+        """Key of a decision waiting for its window to close."""
+        return f"{self.prefix}:pending:{event_id}"
+
+    def alive_key(self, consumer: str) -> str:
+        """Heartbeat key of an exporter consumer."""
+        return f"{self.prefix}:alive:{consumer}"
+
+    async def record_decision(
+        self, decision: dict[str, Any], due_ms: int, stream_maxlen: int, ttl_s: float = 7 * 86400
+    ) -> None:
+        """Store a decision for joining at ``due_ms`` (epoch ms), expiring ``ttl_s`` after now if never joined."""
         event_id = decision["event_id"]
         items = "\n" + "\n".join(decision["item_ids"]) + "\n"
         await self._record(
-            keys=[f"{self.prefix}:pending:{event_id}", self.due, self.decisions],
-            args=[json.dumps(decision, separators=(",", ":")), items, due_ms, event_id, stream_maxlen],
+            keys=[self.pending_key(event_id), self.due, self.decisions],
+            args=[
+                json.dumps(decision, separators=(",", ":")),
+                items,
+                due_ms,
+                event_id,
+                stream_maxlen,
+                int(ttl_s * 1000),
+            ],
         )
 
-    async def record_reward(self, event_id: str, item_id: str, value: float) -> int:
-        """Record a reward: ``ACCEPTED``, ``DUPLICATE``, ``UNKNOWN``, ``CLOSED`` or ``NOT_IN_SLATE``."""
-        keys = [f"{self.prefix}:pending:{event_id}", f"{self.prefix}:closed:{event_id}"]
-        return int(await self._reward(keys=keys, args=[item_id, repr(float(value))]))
+    async def unrecord_decision(self, event_id: str) -> bool:
+        """Withdraw a decision that was never delivered (not yet joined); True when it was withdrawn."""
+        return bool(await self._unrecord(keys=[self.pending_key(event_id), self.due], args=[event_id]))
 
-    async def join_due(self, now_ms: int, limit: int, closed_ttl_s: int) -> int:
-        """Join up to ``limit`` decisions whose window closed by ``now_ms``; returns how many were joined."""
-        return int(await self._join(keys=[self.due, self.joined], args=[now_ms, limit, closed_ttl_s, self.prefix]))
+    async def record_reward(self, event_id: str, item_id: str, value: float, late_maxlen: int = 100000) -> int:
+        """Record a reward: ``ACCEPTED``, ``DUPLICATE``, ``LATE``, ``LATE_DUPLICATE``, ``UNKNOWN`` or ``NOT_IN_SLATE``.
+
+        A reward for a decision already joined (but closed less than ``join.closed_ttl_s`` ago) is appended once per
+        (event, item) to the late stream and answered ``LATE``; it never enters training.
+        """
+        keys = [self.pending_key(event_id), f"{self.prefix}:closed:{event_id}", self.late]
+        args: list[str | int] = [item_id, repr(float(value)), now_ms(), late_maxlen, event_id]
+        return int(await self._reward(keys=keys, args=args))
+
+    async def join_due(self, now: int, limit: int, closed_ttl_s: int, joined_maxlen: int = 1_000_000) -> int:
+        """Join up to ``limit`` decisions whose window closed by ``now`` (epoch ms); returns how many were due."""
+        reply: Any = await self._join(
+            keys=[self.due, self.joined], args=[now, limit, closed_ttl_s, self.prefix, joined_maxlen]
+        )
+        return int(reply[0])
 
     async def pending_count(self) -> int:
         """Decisions still waiting for their reward window to close."""
@@ -105,6 +203,30 @@ class Store:
     def policy_key(self, experiment: str, variant: str) -> str:
         """Key of a variant's policy snapshot."""
         return f"{self.prefix}:policy:{experiment}:{variant}"
+
+    async def acquire_lease(self, owner: str, ttl_s: float) -> bool:
+        """Take or renew the learner lease for ``owner``; False while another learner holds it."""
+        return bool(await self._lease(keys=[self.lease], args=[owner, int(ttl_s * 1000)]))
+
+    async def publish(
+        self,
+        owner: str,
+        expected: str,
+        position: str,
+        snapshots: list[tuple[str, int, bytes]],
+        ttl_s: float,
+        applied: int = 0,
+        skipped: int = 0,
+    ) -> int:
+        """Publish snapshots and the new learner position, if ``owner`` holds the lease and nobody moved it.
+
+        ``applied`` and ``skipped`` add to the learner's counters (``HGET {p}:learner applied|skipped``).
+        Returns ``PUBLISHED``, ``LEASE_LOST`` or ``POSITION_MOVED`` (the position is no longer ``expected``).
+        """
+        args: list[Any] = [owner, expected, position, int(ttl_s * 1000), applied, skipped]
+        for key, version, state in snapshots:
+            args += [key, version, state]
+        return int(await self._publish(keys=[self.learner, self.lease], args=args))
 
 
 def now_ms() -> int:

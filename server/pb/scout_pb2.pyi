@@ -76,9 +76,11 @@ class RewardRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class RewardResponse(_message.Message):
-    __slots__ = ("accepted", "duplicate")
+    __slots__ = ("accepted", "duplicate", "late")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     duplicate: bool
-    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    late: bool
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., late: _Optional[bool] = ...) -> None: ...

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from bandits.emerging import EmergingRule
-from bandits.features import build_features, feature_dim
+from bandits.base import Candidates
+from bandits.emerging import EmergingRule, merge_candidates
+from bandits.features import block_weights, build_features, build_features_batch, feature_dim, make_candidates
+from bandits.linucb import LinUCB
 
 
 def test_features_follow_the_documented_layout() -> None:
@@ -28,3 +30,53 @@ def test_emerging_rule_by_popularity_quantile_or_age() -> None:
     np.testing.assert_array_equal(flags, [True, True, True, True, False])
     with pytest.raises(ValueError, match="resolve"):
         EmergingRule().flags(popularity, popularity)
+
+
+def test_batch_features_equal_row_by_row() -> None:
+    rng = np.random.default_rng(0)
+    queries, items, context = rng.normal(size=(4, 3)), rng.normal(size=(4, 5, 3)), rng.normal(size=(4, 2))
+    batch = build_features_batch(queries, items, context)
+    assert batch.shape == (4, 5, feature_dim(3, 2))
+    for i in range(4):
+        np.testing.assert_array_equal(batch[i], build_features(queries[i], items[i], context[i]))
+    assert build_features_batch(queries, items, np.zeros((4, 0))).shape == (4, 5, feature_dim(3, 0))
+    with pytest.raises(ValueError, match="queries"):
+        build_features_batch(queries[:3], items, context)
+    with pytest.raises(ValueError, match="context"):
+        build_features_batch(queries, items, context[:2])
+
+
+def test_block_weights_reproduce_the_features() -> None:
+    rng = np.random.default_rng(1)
+    query, items, context = rng.normal(size=4), rng.normal(size=(3, 4)), rng.normal(size=2)
+    W = block_weights(query, context)
+    np.testing.assert_allclose(
+        (items[:, None, :] * W[None]).reshape(3, -1), build_features(query, items, context)[:, :-1]
+    )
+
+
+def test_linucb_scores_from_parts_equal_scores_from_features() -> None:
+    rng = np.random.default_rng(2)
+    d, c = 5, 2
+    policy = LinUCB(feature_dim(d, c), alpha=0.8, arm_buckets=32)
+    X = build_features_batch(rng.normal(size=(50, d)), rng.normal(size=(50, 3, d)), rng.random((50, c)))
+    policy.update(X.reshape(150, -1), rng.random(150))
+    query, items, context = rng.normal(size=d), rng.normal(size=(7, d)), rng.random(c)
+    ids = np.array([f"i{j}" for j in range(7)], dtype=object)
+    with_parts = make_candidates(query, items, context, np.zeros(7, bool), ids, ids)
+    plain = Candidates(build_features(query, items, context), np.zeros(7, bool), ids, ids)
+    assert with_parts.parts is not None and plain.parts is None
+    np.testing.assert_allclose(policy.table(with_parts), policy.table(plain), rtol=1e-10)
+
+
+def test_merge_candidates_reserves_a_quota_for_the_emerging_list() -> None:
+    main = ["a", "b", "e1", "c", "d", "f"]
+    emerging = ["e1", "e2", "e3"]
+    ids, from_quota = merge_candidates(main, emerging, total=5, quota=2)
+    assert ids == ["a", "b", "e1", "e2", "e3"] and from_quota == [False, False, False, True, True]
+    assert merge_candidates(main, emerging, total=5, quota=2) == (ids, from_quota)  # deterministic
+    ids, _ = merge_candidates(main, ["e1"], total=5, quota=3)  # little to add: main fills the rest
+    assert ids == ["a", "b", "e1", "c", "d"]
+    assert merge_candidates(main, emerging, total=4, quota=0)[0] == main[:4]
+    with pytest.raises(ValueError, match="quota"):
+        merge_candidates(main, emerging, total=3, quota=4)

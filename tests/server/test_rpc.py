@@ -73,13 +73,18 @@ def test_reward_errors(stub) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("event_id")
 
 
-def test_late_reward_after_the_window_is_failed_precondition(stub) -> None:
+def test_late_reward_is_accepted_as_late_once(stub) -> None:
     reply = stub.Recommend(request())
     time.sleep(1.2)  # reward window 0.5 s in tests, joiner polls every 50 ms
+    item = reply.items[0].item_id
+    late = stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item, value=1))
+    assert late.accepted and late.late and not late.duplicate
+    again = stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item, value=1))
+    assert again.accepted and again.late and again.duplicate
     code, message = code_and_message(
-        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=1))
+        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id="item-9999999", value=1))
     )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "reward window has closed" in message
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "was not served" in message
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,98 @@
+"""Background work (joiner, learner, exporters) as supervised loops, in a server or in its own process.
+
+``scout serve`` runs them next to the gRPC server by default; ``scout worker`` runs any of them alone against a
+shared Redis (``SCOUT_REDIS_URL``). Any number of each may run over one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from embeddings.index import IndexArtifact
+from server.exporter import Exporter, late_dataset
+from server.joiner import Joiner
+from server.learner import Learner
+from server.loops import Loop, process_identity
+from server.recommender import PolicyBook
+from server.settings import Settings
+from server.store import Store
+
+log = logging.getLogger(__name__)
+ROLES = ("joiner", "learner", "exporter")
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """An asyncio Redis client with timeouts, so a stalled Redis surfaces as an error instead of a hang."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+
+
+@dataclass
+class Background:
+    """The background loops of one process and the objects they drive."""
+
+    loops: list[Loop] = field(default_factory=list)
+    joiner: Joiner | None = None
+    learner: Learner | None = None
+    exporter: Exporter | None = None
+    late_exporter: Exporter | None = None
+
+    async def wait(self) -> None:
+        """Wait for every loop to end (after their stop event is set)."""
+        await asyncio.gather(*(loop.task for loop in self.loops if loop.task is not None), return_exceptions=True)
+        if self.learner is not None:
+            self.learner.close()
+
+
+def start_background(
+    store: Store,
+    settings: Settings,
+    index: IndexArtifact,
+    stop: asyncio.Event,
+    roles: tuple[str, ...] = ROLES,
+    identity: str | None = None,
+) -> Background:
+    """Start the loops for ``roles`` on the running event loop; they end when ``stop`` is set."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown background roles {sorted(unknown)}; known: {list(ROLES)}")
+    name = identity or process_identity()
+    bg = Background()
+    if "joiner" in roles:
+        bg.joiner = Joiner(store, settings.join)
+        bg.loops.append(Loop("joiner", bg.joiner.step, stop))
+    if "learner" in roles:
+        bg.learner = Learner(
+            store, lambda: PolicyBook(settings, index.dim), index, settings.learner, name, settings.limits
+        )
+        bg.loops.append(Loop("learner", bg.learner.step, stop))
+    if "exporter" in roles:
+        bg.exporter = Exporter(store, settings.export, name)
+        bg.late_exporter = Exporter(store, settings.export, name, late_dataset(store, settings.export))
+        bg.loops.append(Loop("exporter", bg.exporter.step, stop, final=bg.exporter.final))
+        bg.loops.append(Loop("late-exporter", bg.late_exporter.step, stop, final=bg.late_exporter.final))
+    for loop in bg.loops:
+        loop.start()
+    log.info("background %s started as %s", ", ".join(roles), name)
+    return bg
+
+
+async def run_worker(settings: Settings, roles: tuple[str, ...], stop: asyncio.Event) -> Background:
+    """Run background loops in this process until ``stop`` is set (``scout worker``); needs a shared Redis."""
+    if not settings.redis_url:
+        raise ValueError(
+            "scout worker needs a shared Redis: set redis_url in the config or SCOUT_REDIS_URL "
+            "(the embedded Redis belongs to the scout serve that started it)"
+        )
+    index = IndexArtifact.load(settings.index)
+    store = Store(redis_client(settings.redis_url), settings.key_prefix)
+    bg = start_background(store, settings, index, stop, roles)
+    try:
+        await stop.wait()
+        await bg.wait()
+    finally:
+        await store.client.aclose()
+    return bg

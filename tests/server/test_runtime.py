@@ -1,0 +1,318 @@
+"""The runtime's parts on a real redis-server: supervised loops, key bounds, the embedded Redis's durability and
+ownership, exporter claims and rolling, the learner's lease and poison handling, deadlines, late rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import redis
+import redis.asyncio as aioredis
+from conftest import make_settings
+
+from embeddings.index import IndexArtifact
+from server.exporter import Exporter
+from server.learner import Learner
+from server.loops import Loop
+from server.pb import scout_pb2, scout_pb2_grpc
+from server.recommender import PolicyBook, Recommender, RecommendInput
+from server.redis_server import DataDirLocked, RedisProcess
+from server.settings import Settings
+from server.store import LEASE_LOST, POSITION_MOVED, Store
+
+pytestmark = pytest.mark.redis
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_loop_outlives_failures_logs_one_outage_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[list[bool], Loop]:
+        stop = asyncio.Event()
+        calls = 0
+        seen: list[bool] = []
+
+        async def step() -> float:
+            nonlocal calls
+            calls += 1
+            seen.append(loop.healthy)
+            if calls <= 4:
+                raise redis.ConnectionError("Connection refused")
+            if calls >= 8:
+                stop.set()
+            return 0.0
+
+        loop = Loop("joiner", step, stop, backoff_s=0.01, max_backoff_s=0.02)
+        await asyncio.wait_for(loop.start(), timeout=10)
+        return seen, loop
+
+    with caplog.at_level(logging.WARNING, logger="server.loops"):
+        seen, loop = asyncio.run(scenario())
+    assert seen[:6] == [True, False, False, False, False, True] and loop.healthy and loop.outages == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("joiner: down" in m for m in messages) == 1 and sum("recovered" in m for m in messages) == 1
+
+
+def test_every_redis_key_is_bounded_and_the_decision_stored_once(scout) -> None:
+    settings: Settings = scout.server.settings
+    client = redis.Redis.from_url(settings.redis_url)
+    with grpc.insecure_channel(scout.target) as channel:
+        stub = scout_pb2_grpc.RecommenderStub(channel)
+        reply = stub.Recommend(scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2))
+        ttl_ms = client.pttl(f"{{scout}}:pending:{reply.event_id}")
+        assert settings.join.reward_window_s * 1000 < ttl_ms <= settings.join.pending_ttl_s * 1000
+        assert not client.exists("{scout}:decisions"), "the decision is kept once, in its pending hash"
+        time.sleep(1.5)
+        closed_ttl = client.ttl(f"{{scout}}:closed:{reply.event_id}")
+        assert 0 < closed_ttl <= settings.join.closed_ttl_s
+        for _ in range(100):  # exported and learned: the joined stream is trimmed to what is not yet consumed
+            if client.xlen("{scout}:joined") <= 1:
+                break
+            time.sleep(0.1)
+        assert client.xlen("{scout}:joined") <= 1
+    client.close()
+
+
+def test_embedded_redis_is_durable_capped_and_locked(tmp_path: Path) -> None:
+    first = RedisProcess(tmp_path / "r")
+    client = redis.Redis.from_url(first.url)
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    assert int(client.config_get("maxmemory")["maxmemory"]) == 1024**3
+    client.set("kept", "1")
+    client.close()
+    with pytest.raises(DataDirLocked, match="is in use by another scout process"):
+        RedisProcess(tmp_path / "r")
+    os.kill(first.process.pid, signal.SIGKILL)  # a crash of Redis itself keeps what it acknowledged
+    first.process.wait()
+    first.stop()
+    second = RedisProcess(tmp_path / "r")
+    client = redis.Redis.from_url(second.url)
+    assert client.get("kept") == b"1"
+    client.close()
+    second.stop()
+
+
+def test_embedded_redis_dies_with_its_owner_and_ignores_the_terminal(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from server.redis_server import RedisProcess; "
+        f"r = RedisProcess(Path({str(tmp_path / 'r')!r})); print(r.process.pid, flush=True); time.sleep(60)"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    assert os.getsid(pid) != os.getsid(owner.pid), "Ctrl-C in the owner's terminal must not reach Redis"
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the embedded Redis outlived its owner"
+        time.sleep(0.05)
+    RedisProcess(tmp_path / "r").stop()  # the directory is free again
+
+
+def _decisions(settings: Settings, index: IndexArtifact, n: int, context: float = 1.0) -> list[dict]:
+    recommender = Recommender(settings, index, PolicyBook(settings, index.dim), seed=3)
+    rng = np.random.default_rng(3)
+    return [
+        recommender.decide(
+            RecommendInput(
+                unit_id=f"u{k}",
+                surface="home",
+                num_items=3,
+                context={"mobile": context},
+                seed_item_ids=(f"item-{int(rng.integers(1, 3000)):07d}",),
+            )
+        ).record
+        for k in range(n)
+    ]
+
+
+async def _joined(store: Store, records: list[dict]) -> None:
+    base = int(time.time() * 1000)
+    for k, record in enumerate(records):  # joined in list order
+        await store.record_decision(record, base + k, 0)
+    await store.join_due(int(time.time() * 1000) + 10_000, 10_000, 60)
+
+
+def test_exporter_rolls_files_partitions_by_decision_date_and_claims_a_dead_exporter(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 12)
+    records[-1]["decided_at"] -= 86_400_000  # a decision from yesterday goes to yesterday's partition
+
+    async def scenario() -> tuple[Exporter, Exporter]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        export = settings.export.__class__(tmp_path / "logs", 4, 60.0, consumer_ttl_s=0.5)
+        await _joined(store, records)
+        dead = Exporter(store, export, "dead-1")
+        await dead._prepare()
+        await dead.poll()  # takes 4 entries, writes their file, dies before acknowledging
+        assert len(dead.buffer) == 4
+        groups = {"x": list(dead.buffer)}
+        day = dt.datetime.fromtimestamp(records[1]["decided_at"] / 1000, tz=dt.UTC).date().isoformat()
+        written = tmp_path / "logs" / f"date={day}" / "part-dead.parquet"
+        await store.client.hset(store.inflight, "decisions:dead-1", str(written))
+        dead._write(groups, {"x": written})
+        await store.client.delete(store.alive_key("dead-1"))
+        live = Exporter(store, export, "live-1")
+        await live._prepare()
+        assert await live.claim_dead() == 4
+        while await live.poll() > 0:
+            assert live.due()
+            await live.flush()
+        await store.client.aclose()
+        return dead, live
+
+    _, live = asyncio.run(scenario())
+    files = sorted((tmp_path / "logs").rglob("*.parquet"))
+    ids = [e for f in files for e in pq.read_table(f).column("event_id").to_pylist()]
+    assert sorted(ids) == sorted(r["event_id"] for r in records), "each decision exactly once"
+    assert all(pq.read_table(f).num_rows <= 4 for f in files)
+    assert all(pq.read_schema(f).metadata[b"scout.schema_version"] == b"1" for f in files)
+    yesterday = dt.datetime.fromtimestamp(records[-1]["decided_at"] / 1000, tz=dt.UTC).date().isoformat()
+    (old,) = [f for f in files if f.parent.name == f"date={yesterday}"]
+    assert pq.read_table(old).column("event_id").to_pylist() == [records[-1]["event_id"]]
+    assert all(f.name.endswith("-live-1.parquet") for f in files if f.name != "part-dead.parquet")
+    assert live.exported == len(records) - 4
+
+
+def test_learner_lease_and_position_guard_against_a_second_learner(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+
+    async def scenario() -> list[int]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, _decisions(settings, index, 10))
+        learners = [
+            Learner(store, lambda: PolicyBook(settings, index.dim), index, settings.learner, f"l{i}", settings.limits)
+            for i in range(2)
+        ]
+        for _ in range(3):
+            for learner in learners:
+                await learner.step()
+        outcomes = [
+            await store.publish("l1", "0-0", "9-9", [], 1.0),  # not the lease holder
+            await store.publish("l0", "0-0", "9-9", [], 1.0),  # holder, but from a stale position
+        ]
+        await store.client.delete(store.lease)  # the holder's lease expires: the other may take over
+        outcomes.append(await store.publish("l1", "0-0", "9-9", [], 1.0))
+        applied = int(await store.client.hget(store.learner, "applied"))
+        await store.client.aclose()
+        for learner in learners:
+            learner.close()
+        return [*outcomes, applied, learners[0].applied, learners[1].applied]
+
+    lost, moved, refused_without_lease, applied, first, second = asyncio.run(scenario())
+    assert (lost, moved, refused_without_lease) == (LEASE_LOST, POSITION_MOVED, LEASE_LOST)
+    assert applied == 10 and first == 10 and second == 0
+
+
+def test_learner_skips_and_counts_poison_and_never_publishes_non_finite(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    good = _decisions(settings, index, 6)
+    poison = [dict(r, event_id=f"p{k}") for k, r in enumerate(good[:3])]
+    poison[0]["context_values"] = [1e200, 0.0]
+    poison[1]["context_values"] = [float("nan"), 0.0]
+    poison[2]["default_reward"] = 1e308
+
+    async def scenario() -> tuple[int, int, list[bytes]]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, good[:3] + poison + good[3:])
+        learner = Learner(store, lambda: PolicyBook(settings, index.dim), index, settings.learner, "l", settings.limits)
+        await learner.step()
+        states = [await store.client.hget(store.policy_key("home-ranking", v), "state") for v in ("control", "linucb")]
+        await store.client.aclose()
+        learner.close()
+        return learner.applied, learner.skipped, [s for s in states if s]
+
+    applied, skipped, states = asyncio.run(scenario())
+    assert (applied, skipped) == (6, 3)
+    from bandits.registry import load_policy
+
+    assert states and all(load_policy(s) for s in states)
+
+
+def test_a_decision_whose_deadline_passed_is_not_logged(scout) -> None:
+    ok = gone = 0
+    with grpc.insecure_channel(scout.target) as channel:
+        stub = scout_pb2_grpc.RecommenderStub(channel)
+        stub.Recommend(scout_pb2.RecommendRequest(unit_id="warm", surface="home", num_items=2))
+        for k in range(150):
+            request = scout_pb2.RecommendRequest(unit_id=f"d{k}", surface="home", num_items=8, context={"mobile": 1})
+            try:
+                stub.Recommend(request, timeout=0.003 if k % 2 else 0.0005)
+                ok += 1
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                gone += 1
+    time.sleep(1.0)  # the late server-side work finishes; then everything recorded is joined and exported
+    client = redis.Redis.from_url(scout.server.settings.redis_url)
+    deadline = time.monotonic() + 20
+    while client.zcard("{scout}:due") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.close()
+    scout.stop()
+    rows = sum(pq.read_table(f).num_rows for f in scout.server.settings.export.log_dir.rglob("*.parquet"))
+    assert gone > 0, "no call missed its deadline; the test proves nothing"
+    assert rows == ok + 1, f"{rows} rows for {ok + 1} decisions the client received ({gone} timed out)"
+
+
+def test_late_rewards_are_exported_to_their_own_dataset(scout) -> None:
+    with grpc.insecure_channel(scout.target) as channel:
+        stub = scout_pb2_grpc.RecommenderStub(channel)
+        reply = stub.Recommend(scout_pb2.RecommendRequest(unit_id="late", surface="home", num_items=2))
+        stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=1.0))
+        time.sleep(1.2)
+        late = stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[1].item_id, value=3))
+        assert late.accepted and late.late
+    scout.stop()
+    settings = scout.server.settings
+    (row,) = [r for f in settings.export.log_dir.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert row["reward_observed"] == [True, False], "a late reward never enters the joined (training) log"
+    files = list(settings.export.late_dir.rglob("date=*/part-*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert [(r["event_id"], r["item_id"], r["value"]) for r in rows] == [(reply.event_id, reply.items[1].item_id, 3)]
+    assert pq.read_schema(files[0]).metadata[b"scout.dataset"] == b"late"
+    assert json.loads(json.dumps(rows[0]))["received_at"] > 0
+
+
+def test_a_full_redis_answers_unavailable_not_internal(index_dir: Path, tmp_path: Path) -> None:
+    from conftest import run_server
+
+    full = RedisProcess(tmp_path / "full", maxmemory="1")  # every write is over the cap (noeviction)
+    running, thread = run_server(make_settings(index_dir, full.url, tmp_path / "logs"))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = scout_pb2_grpc.RecommenderStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
+    finally:
+        running.stop()
+        running.loop.call_soon_threadsafe(running.loop.stop)
+        thread.join(timeout=10)
+        full.stop()
+
+
+def test_worker_needs_a_shared_redis(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from server.cli import main
+
+    monkeypatch.delenv("SCOUT_REDIS_URL", raising=False)
+    assert main(["worker", "--learner"]) == 2
+    assert "scout worker needs a shared Redis" in caplog.text
