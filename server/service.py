@@ -17,7 +17,7 @@ from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
-from server.validation import check_reward
+from server.validation import check_reward, echo
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -133,11 +133,11 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
             request.event_id, request.item_id, request.value, self.join.late_stream_maxlen
         )
         if outcome == UNKNOWN:
-            raise NotFound(f"event_id {request.event_id!r} is not a known decision")
+            raise NotFound(f"event_id {echo(request.event_id)} is not a known decision")
         if outcome == CLOSED:  # a decision joined before late rewards were kept (its closed marker holds no items)
-            raise FailedPrecondition(f"event_id {request.event_id!r}: the reward window has closed")
+            raise FailedPrecondition(f"event_id {echo(request.event_id)}: the reward window has closed")
         if outcome in (LATE, LATE_DUPLICATE):
             return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == LATE_DUPLICATE, late=True)
         if outcome == NOT_IN_SLATE:
-            raise InvalidArgument(f"item_id {request.item_id!r} was not served in event {request.event_id!r}")
+            raise InvalidArgument(f"item_id {echo(request.item_id)} was not served in event {echo(request.event_id)}")
         return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == DUPLICATE)
