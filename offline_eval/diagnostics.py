@@ -95,7 +95,7 @@ class WeightSummary:
         self.max_weight = max(self.max_weight, float(weights.max()) if weights.size else 0.0)
         self.unsupported += float((data.target_propensity[data.mask] == 0).sum())
         self.deterministic += float(np.all((data.logged_propensity == 1.0) | ~data.mask, axis=1).sum())
-        self.histogram += np.bincount(np.searchsorted(_EDGES, data.slate_weights()), minlength=len(_EDGES) + 1)
+        self.histogram += np.bincount(_bin(data.slate_weights()), minlength=len(_EDGES) + 1)
 
     def merge(self, other: WeightSummary) -> WeightSummary:
         """Add ``other`` into this one and return it."""
@@ -127,9 +127,12 @@ class WeightSummary:
                 )
         if self.max_weight > 100:
             warnings.append(f"largest importance weight is {self.max_weight:.0f}: IPS is dominated by a few decisions")
-        worst = float(deficiency.max()) if deficiency.size else 0.0
-        if worst > 0.05 and self.n >= 100:
-            slot = int(np.argmax(deficiency))
+        # Warn only where the deficiency is large and clearly beyond the mean weight's sampling noise.
+        spread = np.sqrt(np.maximum(squares / np.maximum(served, 1) - mean_weight**2, 0.0) / np.maximum(served, 1))
+        clear = np.where(deficiency > np.maximum(0.05, 3.0 * spread), deficiency, 0.0)
+        worst = float(clear.max()) if clear.size else 0.0
+        if worst > 0 and self.n >= 100:
+            slot = int(np.argmax(clear))
             warnings.append(
                 f"slot {slot}: the target puts about {worst:.0%} of its probability on items the logging policy "
                 "never chose there (support deficiency): importance-weighted estimates miss that part of its value"
@@ -158,6 +161,13 @@ class WeightSummary:
             b = int(np.searchsorted(cdf, q))
             out.append(0.0 if b == 0 else float(_EDGES[min(b, len(_EDGES) - 1)]))
         return out
+
+
+def _bin(weights: np.ndarray) -> np.ndarray:
+    """Histogram bin of each weight: 0 for w <= 1e-6, b for ``_EDGES[b-1] < w <= _EDGES[b]`` (log-spaced, 1%)."""
+    with np.errstate(divide="ignore"):
+        position = np.ceil((np.log10(np.maximum(weights, 1e-300)) + 6.0) * 100.0 - 1e-9)
+    return np.clip(position, 0, len(_EDGES)).astype(np.int64)
 
 
 def diagnose(data: SlateData) -> Diagnostics:

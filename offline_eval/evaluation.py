@@ -6,7 +6,7 @@ import numpy as np
 
 from bandits.base import Policy
 from embeddings.index import IndexArtifact
-from offline_eval.base import Estimator, RewardModelFactory, SlateData
+from offline_eval.base import Estimator, RewardModelFactory, RewardPredictions, SlateData
 from offline_eval.estimators import create_estimators
 from offline_eval.logs import DecisionLog
 from offline_eval.replay import replay
@@ -31,15 +31,18 @@ def evaluate_data(
     level: float = 0.95,
     seed: int = 0,
     model: RewardModelFactory | None = None,
+    predictions: RewardPredictions | None = None,
 ) -> Evaluation:
     """Estimates of the value behind ``data``, with one cross-fitted reward model shared by the estimators.
 
     Intervals are normal (delta method) unless ``bootstrap`` > 0 asks for that many Poisson bootstrap replicates.
+    ``predictions`` replaces the cross-fitted ``model`` (a user's own out-of-fold reward predictions).
     """
     if data.n == 0:
         raise ValueError("no decisions to evaluate")
     chosen = estimators or default_estimators(seed)
-    predictions = cross_fit(data, model, seed=seed) if any(e.uses_model for e in chosen) else None
+    if predictions is None and any(e.uses_model for e in chosen):
+        predictions = cross_fit(data, model, seed=seed)
     summary = Summary(chosen, data.slots, bootstrap, seed, data.reward_range)
     for key, start in enumerate(range(0, data.n, CHUNK)):
         rows = np.arange(start, min(start + CHUNK, data.n))

@@ -8,17 +8,21 @@ content vectors and must be the version named in the log.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from bandits.base import Candidates, Policy
+from bandits.base import CandidateBatch, Candidates, Policy
 from bandits.emerging import EmergingRule
-from bandits.features import build_features
+from bandits.features import build_features, build_features_batch
 from embeddings.index import IndexArtifact
 from offline_eval.base import SlateData
-from offline_eval.logs import DecisionLog, LogError
+from offline_eval.emerging_metrics import CandidateInfo
+from offline_eval.logs import SCHEMA, DecisionLog, LogError
 
 
 @dataclass(frozen=True)
@@ -69,21 +73,204 @@ def decisions(log: DecisionLog, index: IndexArtifact) -> Iterator[LoggedDecision
         )
 
 
-def replay(log: DecisionLog, index: IndexArtifact, target: Policy) -> SlateData:
-    """The logged slates with ``target``'s conditional probabilities of each logged slot."""
-    n = len(log)
-    slots = max((len(items) for items in log["item_ids"]), default=0)
-    dim = target.feature_dim
-    mask = np.zeros((n, slots), dtype=bool)
-    logged_p, target_p, reward = np.ones((n, slots)), np.zeros((n, slots)), np.zeros((n, slots))
-    logged_x, target_x = np.zeros((n, slots, dim)), np.zeros((n, slots, dim))
-    for d in decisions(log, index):
-        s = len(d.served)
-        dists = target.slot_distributions(d.candidates, d.served)
-        mask[d.row, :s] = True
-        logged_p[d.row, :s] = d.propensities
-        target_p[d.row, :s] = dists[np.arange(s), d.served]
-        reward[d.row, :s] = d.rewards
-        logged_x[d.row, :s] = d.candidates.features[d.served]
-        target_x[d.row, :s] = dists @ d.candidates.features
-    return SlateData(logged_p, target_p, reward, mask, logged_x, target_x)
+def replay(log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192) -> SlateData:
+    """The logged slates with ``target``'s conditional probabilities of each logged slot (vectorized)."""
+    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
+    parts = [replay_table(table.slice(start, chunk), index, target) for start in range(0, table.num_rows, chunk)]
+    if not parts:
+        raise LogError("the log has no decisions")
+    return concat(parts)
+
+
+def replay_with_distributions(
+    log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192
+) -> tuple[SlateData, list[np.ndarray], list[CandidateInfo]]:
+    """:func:`replay`, plus each chunk's n-by-S-by-K target distributions and candidate facts (for exposure)."""
+    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
+    parts, dists, infos = [], [], []
+    for start in range(0, table.num_rows, chunk):
+        batch = rebuild(table.slice(start, chunk), index, start)
+        d = target.replay_distributions(batch.candidates, batch.served)
+        parts.append(batch.slate_data(d))
+        dists.append(d)
+        c = batch.candidates
+        assert c.creator_ids is not None
+        infos.append(CandidateInfo(c.creator_ids, c.emerging, c.valid, batch.served))
+    if not parts:
+        raise LogError("the log has no decisions")
+    return concat(parts), dists, infos
+
+
+def replay_table(table: pa.Table | pa.RecordBatch, index: IndexArtifact, target: Policy, offset: int = 0) -> SlateData:
+    """Replay a batch of log rows (Arrow, the log schema's columns) with ``target``, without a per-decision loop.
+
+    Parameters
+    ----------
+    table
+        Rows of the decision log; needs the columns ``candidate_ids``, ``seed_item_ids``, ``item_ids``,
+        ``propensities``, ``rewards``, ``context_values``, ``emerging_rule`` and ``index_version``.
+    index
+        The index artifact the decisions were made with.
+    target
+        The policy to replay.
+    offset
+        Row number of the batch's first row, for error messages.
+    """
+    batch = rebuild(table, index, offset)
+    dists = target.replay_distributions(batch.candidates, batch.served)
+    return batch.slate_data(dists)
+
+
+@dataclass(frozen=True)
+class RebuiltBatch:
+    """n decisions rebuilt at once: candidates padded to K, served columns padded to S with -1."""
+
+    candidates: CandidateBatch
+    served: np.ndarray
+    propensities: np.ndarray
+    rewards: np.ndarray
+
+    def slate_data(self, dists: np.ndarray) -> SlateData:
+        """SlateData from the target's n-by-S-by-K slot distributions."""
+        mask = self.served >= 0
+        n, s = mask.shape
+        col = np.where(mask, self.served, 0)
+        rows = np.arange(n)[:, None]
+        target_p = np.where(mask, dists[rows, np.arange(s)[None, :], col], 0.0)
+        features = self.candidates.features
+        logged_x = features[rows, col] * mask[:, :, None]
+        target_x = np.einsum("nsk,nkf->nsf", dists, features)
+        return SlateData(self.propensities, target_p, self.rewards, mask, logged_x, target_x)
+
+
+def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int = 0) -> RebuiltBatch:
+    """Rebuild a batch of decisions against ``index`` with array operations; problems raise ``LogError``."""
+    n = table.num_rows
+    versions = set(pc.unique(table.column("index_version")).to_pylist())
+    if versions - {index.version}:
+        raise LogError(f"column index_version: the log names {sorted(versions)}, the index artifact is {index.version}")
+    known = _known_ids(index)
+    cand_pos, cand_len = _positions(table.column("candidate_ids"), known, "candidate_ids", index, offset)
+    seed_pos, seed_len = _positions(table.column("seed_item_ids"), known, "seed_item_ids", index, offset)
+    item_pos, item_len = _positions(table.column("item_ids"), known, "item_ids", index, offset)
+    k, s = int(cand_len.max(initial=1)), int(item_len.max(initial=0))
+    positions, valid = _pad(cand_pos, cand_len, k, 0)
+    served_pos, filled = _pad(item_pos, item_len, s, -1)
+    match = (positions[:, None, :] == served_pos[:, :, None]) & valid[:, None, :]
+    found = match.any(axis=2)
+    if (filled & ~found).any():
+        row = int(np.argmax((filled & ~found).any(axis=1)))
+        raise LogError(f"column item_ids: row {offset + row} serves an item that is not one of its candidates")
+    served = np.where(filled, match.argmax(axis=2), -1).astype(np.int64)
+    # Queries: the normalized mean of the seed items' vectors (the catalog mean for requests without seeds).
+    vectors = index.vectors
+    sums = np.zeros((n, vectors.shape[1]))
+    np.add.at(sums, np.repeat(np.arange(n), seed_len), vectors[seed_pos].astype(np.float64))
+    means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
+    if (seed_len == 0).any():
+        means[seed_len == 0] = index.query(np.zeros(0, dtype=np.int64))
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    queries = np.where(norms > 0, means / np.where(norms > 0, norms, 1.0), means).astype(np.float32)
+    context_pos, context_len = _flat(table.column("context_values"))
+    if n and (context_len != context_len[0]).any():
+        row = int(np.argmax(context_len != context_len[0]))
+        raise LogError(
+            f"column context_values: row {offset + row} has {context_len[row]} values, row {offset} has "
+            f"{context_len[0]}"
+        )
+    context = np.asarray(context_pos, dtype=np.float64).reshape(n, -1 if n else 0)
+    features = build_features_batch(queries, vectors[positions], context)
+    emerging = np.zeros((n, k), dtype=bool)
+    rules = np.asarray(table.column("emerging_rule").to_pylist(), dtype=object)
+    for text in set(rules.tolist()):
+        rows = rules == text
+        rule = EmergingRule(**json.loads(text))
+        emerging[rows] = rule.flags(index.creator_popularity[positions[rows]], index.creator_age_days[positions[rows]])
+    props, _ = _pad(*_flat(table.column("propensities")), s, 1.0)
+    rewards, _ = _pad(*_flat(table.column("rewards")), s, 0.0)
+    candidates = CandidateBatch(
+        features,
+        valid,
+        emerging & valid,
+        _ids(index.item_ids, positions, valid),
+        _ids(index.creator_ids, positions, valid),
+    )
+    return RebuiltBatch(candidates, served, props, rewards)
+
+
+def _ids(ids: np.ndarray, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """n-by-K object array of ids, None in padding cells."""
+    out = np.empty(positions.shape, dtype=object)
+    out[valid] = ids[positions[valid]]
+    return out
+
+
+def concat(parts: list[SlateData]) -> SlateData:
+    """One SlateData from several, padded to the most slots (features to the same F)."""
+    s = max(p.slots for p in parts)
+
+    def pad(a: np.ndarray, fill: float) -> np.ndarray:
+        width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        return np.pad(a, width, constant_values=fill)
+
+    return SlateData(
+        np.concatenate([pad(p.logged_propensity, 1.0) for p in parts]),
+        np.concatenate([pad(p.target_propensity, 0.0) for p in parts]),
+        np.concatenate([pad(p.reward, 0.0) for p in parts]),
+        np.concatenate([pad(p.mask, False) for p in parts]),
+        np.concatenate([pad(p.logged_features, 0.0) for p in parts]),
+        np.concatenate([pad(p.target_features, 0.0) for p in parts]),
+    )
+
+
+_KNOWN: weakref.WeakKeyDictionary[IndexArtifact, pa.Array] = weakref.WeakKeyDictionary()
+
+
+def _known_ids(index: IndexArtifact) -> pa.Array:
+    """The index's item ids as an Arrow array (built once per index)."""
+    if index not in _KNOWN:
+        _KNOWN[index] = pa.array(index.item_ids.astype(str))
+    return _KNOWN[index]
+
+
+def _flat(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Flat values and per-row lengths of a list column (nulls count as empty)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pc.list_flatten(array).to_numpy(zero_copy_only=False), lengths
+
+
+def _positions(
+    column: pa.ChunkedArray | pa.Array, known: pa.Array, name: str, index: IndexArtifact, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(array)
+    found = pc.index_in(values, value_set=known)
+    if found.null_count:
+        first = int(np.argmax(found.is_null().to_numpy(zero_copy_only=False)))
+        row = int(np.searchsorted(np.cumsum(lengths), first, side="right"))
+        raise LogError(f"column {name}: row {offset + row}: {values[first].as_py()!r} is not in index {index.version}")
+    return found.to_numpy(zero_copy_only=False).astype(np.int64), lengths
+
+
+def _pad(values: np.ndarray, lengths: np.ndarray, width: int, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``values`` (split by ``lengths``) padded to ``width``, and the mask of real cells."""
+    n = len(lengths)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    out = np.full((n, width), fill, dtype=np.asarray(values).dtype if len(values) else np.float64)
+    out[mask] = values
+    return out, mask
+
+
+_REPLAY_COLUMNS = (
+    "index_version",
+    "candidate_ids",
+    "seed_item_ids",
+    "item_ids",
+    "propensities",
+    "rewards",
+    "context_values",
+    "emerging_rule",
+)
+_REPLAY_SCHEMA = pa.schema([SCHEMA.field(name) for name in _REPLAY_COLUMNS])

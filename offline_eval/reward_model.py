@@ -17,8 +17,8 @@ from offline_eval.base import RewardModelFactory, RewardPredictions, SlateData
 
 def fold_of(rows: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold of each row number: a splitmix64 hash of (row, seed) modulo ``folds``."""
-    z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
@@ -56,10 +56,10 @@ class RidgeStatistics:
     def add(self, X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> None:
         """Add m rows: m-by-dim design, m targets, m fold numbers."""
         for f in range(self.folds):
-            sel = fold == f
-            if sel.any():
-                self.xtx[f] += X[sel].T @ X[sel]
-                self.xty[f] += X[sel].T @ y[sel]
+            weight = (fold == f).astype(np.float64)
+            weighted = X.T * weight
+            self.xtx[f] += weighted @ X
+            self.xty[f] += weighted @ y
 
     def merge(self, other: RidgeStatistics) -> RidgeStatistics:
         """Add ``other`` into this one and return it."""

@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,25 +107,48 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="estimate a policy's value from exported logs",
-        description="Replay exported logs with a target policy and print IPS, SNIPS "
-        "and DR estimates of its expected slate reward with bootstrap intervals.",
+        help="compare candidate policies on exported logs",
+        description="Replay exported logs with one or more candidate policies, estimate each one's expected slate "
+        "reward with intervals and diagnostics, rank them, and say whether each beats the logging policy "
+        "(its interval's lower bound, from the primary estimator, above the logged mean). Candidates come from "
+        "snapshot files, fresh policies by type, or a TOML file; fetching a served variant's snapshot from "
+        "Redis by name is not supported yet (export it to a file first).",
     )
     evaluate.add_argument("--logs", type=Path, required=True, help="Parquet log file or directory")
     evaluate.add_argument("--index", type=Path, required=True, help="the index artifact the logs were made with")
-    evaluate.add_argument("--snapshot", type=Path, help="policy snapshot file (learned state) to evaluate")
-    evaluate.add_argument("--policy", help="policy type to evaluate (fresh unless --snapshot is given)")
+    evaluate.add_argument(
+        "--snapshot",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="policy snapshot file to evaluate, repeatable (named by the file's stem unless NAME= is given)",
+    )
+    evaluate.add_argument("--policy", action="append", default=[], help="fresh policy type to evaluate, repeatable")
+    evaluate.add_argument(
+        "--candidates",
+        type=Path,
+        help="TOML file of [[candidate]] tables with name, and snapshot (a file) or policy (a type), and params",
+    )
     evaluate.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="policy parameter, repeatable (overrides the snapshot's)",
+        help="policy parameter for every --snapshot/--policy candidate, repeatable (overrides the snapshot's)",
     )
     evaluate.add_argument("--variant", help="only decisions logged by this variant")
-    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    evaluate.add_argument(
+        "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
+    )
+    evaluate.add_argument("--primary", help="estimator that ranks and gates (default: the last of --estimators)")
+    evaluate.add_argument(
+        "--bootstrap", type=int, default=0, help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)"
+    )
+    evaluate.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--html", type=Path, help="also write a self-contained HTML report with plots here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -238,46 +261,77 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import numpy as np
+    import tomllib
 
+    import numpy as np
+    from tqdm import tqdm
+
+    from bandits.features import feature_dim
     from bandits.registry import create_policy, load_policy
     from embeddings.index import IndexArtifact
-    from offline_eval.evaluation import evaluate
+    from offline_eval.comparison import Candidate, compare
+    from offline_eval.estimators import create_estimators
     from offline_eval.logs import read_logs
+    from offline_eval.report import format_table, html_report, to_dict
 
-    if args.snapshot is None and args.policy is None:
-        raise ValueError("give --snapshot FILE, --policy NAME, or both")
     index = IndexArtifact.load(args.index)
     log_data = read_logs(args.logs)
     if args.variant:
         log_data = log_data.where(np.array(log_data["variant"]) == args.variant)
         if len(log_data) == 0:
             raise ValueError(f"--variant {args.variant!r}: no decisions of that variant in {args.logs}")
+    keys = log_data["context_keys"][0] if len(log_data) else []
+    dim = feature_dim(index.dim, len(keys))
     params = _parse_params(args.param)
-    if args.snapshot is not None:
-        target = load_policy(args.snapshot.read_bytes(), params)
-    else:
-        keys = log_data["context_keys"][0] if len(log_data) else []
-        from bandits.features import feature_dim
-
-        target = create_policy(args.policy, feature_dim(index.dim, len(keys)), params)
-    result = evaluate(log_data, index, target, bootstrap=args.bootstrap, seed=args.seed)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "target": {"policy": target.name, "params": target.params(), "version": target.version},
-                    "estimates": [asdict(e) for e in result.estimates],
-                    "diagnostics": asdict(result.diagnostics),
-                },
-                indent=2,
-            )
+    candidates = []
+    for spec in args.snapshot:
+        name, sep, file = spec.partition("=")
+        path = Path(file if sep else spec)
+        candidates.append(Candidate(name if sep else path.stem, load_policy(path.read_bytes(), params)))
+    for policy in args.policy:
+        candidates.append(Candidate(policy, create_policy(policy, dim, params)))
+    if args.candidates is not None:
+        try:
+            table = tomllib.loads(args.candidates.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{args.candidates}: not valid TOML: {exc}") from exc
+        for i, entry in enumerate(table.get("candidate", [])):
+            where = f"{args.candidates}: candidate[{i}]"
+            unknown = set(entry) - {"name", "snapshot", "policy", "params"}
+            if unknown or "name" not in entry or ("snapshot" in entry) == ("policy" in entry):
+                raise ValueError(f"{where}: needs name and exactly one of snapshot, policy (and optional params)")
+            extra = dict(entry.get("params", {}))
+            if "snapshot" in entry:
+                snapshot = (args.candidates.parent / entry["snapshot"]).read_bytes()
+                policy_obj = load_policy(snapshot, extra)
+            else:
+                policy_obj = create_policy(entry["policy"], dim, extra)
+            candidates.append(Candidate(str(entry["name"]), policy_obj))
+    if not candidates:
+        raise ValueError("give at least one candidate: --snapshot FILE, --policy NAME or --candidates FILE")
+    estimators = create_estimators([e.strip() for e in args.estimators.split(",") if e.strip()])
+    bar = tqdm(total=len(candidates), desc="candidates", unit="policy", disable=args.no_progress, file=sys.stderr)
+    try:
+        result = compare(
+            log_data,
+            index,
+            candidates,
+            estimators,
+            args.primary,
+            args.bootstrap,
+            args.level,
+            args.seed,
+            progress=lambda _: bar.update(),
         )
-        return
-    print(f"target: {target.name} {target.params()} (version {target.version}) on {len(log_data)} decisions")
-    print(format_estimates(result.estimates))
-    for warning in result.diagnostics.warnings:
-        print(f"warning: {warning}")
+    finally:
+        bar.close()
+    if args.html is not None:
+        args.html.write_text(html_report(result))
+        log.info("wrote %s", args.html)
+    if args.json:
+        print(json.dumps(to_dict(result), indent=2))
+    else:
+        print(format_table(result))
 
 
 def format_estimates(estimates: Any, truth: float | None = None) -> str:

@@ -19,7 +19,9 @@ from server.recommender import PolicyBook, Recommender, RecommendInput
 from server.settings import Variant, load_settings
 
 
-def simulate(world: SyntheticWorld, index: IndexArtifact, policy: Policy, n: int, seed: int) -> list[dict]:
+def simulate(
+    world: SyntheticWorld, index: IndexArtifact, policy: Policy, n: int, seed: int, num_items: tuple[int, int] = (3, 3)
+) -> list[dict]:
     settings = load_settings(environ={})
     only = Variant("control", 1.0, policy.name, ())
     experiment = replace(settings.experiments[0], variants=(only,), candidates=10)
@@ -33,7 +35,13 @@ def simulate(world: SyntheticWorld, index: IndexArtifact, policy: Policy, n: int
     for _ in range(n):
         request = world.sample_request(rng)
         decision = recommender.decide(
-            RecommendInput(request.unit_id, "home", 3, request.context, request.seed_item_ids)
+            RecommendInput(
+                request.unit_id,
+                "home",
+                num_items[0] if num_items[0] == num_items[1] else int(rng.integers(num_items[0], num_items[1] + 1)),
+                request.context,
+                request.seed_item_ids,
+            )
         )
         record = decision.record
         context = np.array([request.context[k] for k in CONTEXT_KEYS])

@@ -1,0 +1,92 @@
+"""External bandit logs: layout, validation errors naming file/column/row, streaming equal to in-memory."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from factorized_slates import sample, slate_world
+
+from offline_eval.base import SlateData
+from offline_eval.estimators import create_estimators
+from offline_eval.evaluation import evaluate_data
+from offline_eval.external_log import read_external
+from offline_eval.logs import LogError
+from offline_eval.reward_model import cross_fit
+from offline_eval.streaming import evaluate_external, in_memory
+
+
+def to_rows(data: SlateData, seed: int = 0) -> pa.Table:
+    """One row per served slot, with a context feature that predicts the reward a little."""
+    rounds, positions = np.nonzero(data.mask)
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "round": rounds.astype(np.int64),
+            "position": positions.astype(np.int64),
+            "action": data.logged_features[rounds, positions].argmax(axis=1).astype(np.int64),
+            "reward": data.reward[rounds, positions],
+            "propensity": data.logged_propensity[rounds, positions],
+            "target_propensity": data.target_propensity[rounds, positions],
+            "x_slot": positions.astype(np.float64),
+            "x_noise": rng.normal(size=len(rounds)),
+        }
+    )
+
+
+def test_streaming_in_small_batches_equals_the_in_memory_path(tmp_path: Path) -> None:
+    world = slate_world(seed=21)
+    table = to_rows(sample(world, 4_000, seed=22))
+    cut = int((table.column("round").to_numpy() < 2500).sum())  # files hold whole rounds
+    pq.write_table(table.slice(0, cut), tmp_path / "a.parquet")
+    pcsv.write_csv(table.slice(cut), tmp_path / "b.csv")
+    batches = list(read_external(tmp_path, batch_size=777))
+    assert len(batches) > 5
+    data = in_memory(batches)
+    assert data.n == 4_000 and data.slots == 3
+    names = ["ips", "snips", "dr", "sndr", "slate_ips", "pseudo_inverse"]
+    streamed = evaluate_external(tmp_path, create_estimators(names), batch_size=777)
+    rows = np.concatenate([np.arange(b.first_round, b.first_round + b.data.n) for b in batches])
+    assert rows[-1] > 1 << 40  # the second file's rounds
+    whole = evaluate_data(data, create_estimators(names), predictions=cross_fit(data, rows=rows))
+    for s, w in zip(streamed.estimates, whole.estimates, strict=True):
+        assert s.value == pytest.approx(w.value, rel=1e-9), s
+        assert s.std_error == pytest.approx(w.std_error, rel=1e-6), s
+        assert s.lower <= world.truth <= s.upper, (s, world.truth)
+    assert streamed.diagnostics.ess_per_slot == pytest.approx(whole.diagnostics.ess_per_slot)
+    boot = evaluate_external(tmp_path, create_estimators(["ips"]), batch_size=777, bootstrap=100)
+    assert boot.estimates[0].interval == "bootstrap(100)"
+    assert boot.estimates[0].lower < boot.estimates[0].value < boot.estimates[0].upper
+
+
+def write(table: pa.Table, path: Path) -> Path:
+    if path.suffix == ".csv":
+        pcsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_bad_data_names_the_file_column_and_first_bad_row(tmp_path: Path, suffix: str) -> None:
+    table = to_rows(sample(slate_world(seed=23), 50, seed=24))
+
+    def with_column(name: str, row: int, value: float) -> pa.Table:
+        values = table.column(name).to_numpy().copy()
+        values[row] = value
+        return table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+
+    cases = [
+        (with_column("propensity", 7, 0.0), r"column propensity: row 7 is outside \(0, 1\]"),
+        (with_column("propensity", 9, 1.5), r"column propensity: row 9 is outside \(0, 1\]"),
+        (with_column("reward", 4, float("nan")), r"column reward: row 4 is missing or not finite"),
+        (with_column("target_propensity", 3, -0.1), r"column target_propensity: row 3 is outside \[0, 1\]"),
+        (table.drop(["reward"]), r"missing column\(s\) reward"),
+        (table.drop(["target_propensity"]), r"missing column target_propensity"),
+    ]
+    for i, (bad, message) in enumerate(cases):
+        path = write(bad, tmp_path / f"bad{i}{suffix}")
+        with pytest.raises(LogError, match=rf"bad{i}\{suffix}: {message}"):
+            list(read_external(path, batch_size=4))
