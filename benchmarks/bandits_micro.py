@@ -94,7 +94,12 @@ def bench_rank(dim: int, k: int, slate: int, min_time: float, rng: np.random.Gen
         from bandits.vowpal import VowpalWabbit
     except ImportError:
         return out
-    for label, params in (("vw_epsilon", {"exploration": "epsilon", "epsilon": 0.05}),):
+    vw_cases = (
+        ("vw_epsilon", {"exploration": "epsilon", "epsilon": 0.05}),
+        ("vw_bag5", {"exploration": "bag", "bag": 5, "epsilon": 0.02}),
+        ("vw_squarecb", {"exploration": "squarecb"}),
+    )
+    for label, params in vw_cases:
         vw = VowpalWabbit(feature_dim(dim, CONTEXT), **params)
         gen = np.random.default_rng(0)
 

@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vw", action="store_true")
     parser.add_argument("--no-tradeoff", action="store_true")
+    parser.add_argument("--only", nargs="+", help="run only these policy labels (e.g. linucb thompson)")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
     t0 = time.perf_counter()
     world = SyntheticWorld(world_preset(args.preset, num_items=args.items, seed=args.seed))
@@ -184,6 +186,11 @@ def main() -> None:
 
     show("oracle", results["oracle"])
     cases = dict(POLICIES) | ({} if args.no_vw else dict(VW))
+    if args.only:
+        unknown = set(args.only) - set(cases)
+        if unknown:
+            parser.error(f"--only: unknown policies {sorted(unknown)}; known: {sorted(cases)}")
+        cases = {label: cases[label] for label in args.only}
     for label, (name, params) in cases.items():
         results[label] = run(create_policy(name, dim, params), stream, index, args.slate, args.every, args.seed)
         results[label]["policy"], results[label]["params"] = name, params
@@ -210,9 +217,9 @@ def main() -> None:
         "seconds": time.perf_counter() - t0,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"bandits_regret_{args.preset}.json"
+    path = RESULTS / f"bandits_regret_{args.preset}{args.tag}.json"
     path.write_text(json.dumps(out, indent=1))
-    plot(out, RESULTS / f"bandits_regret_{args.preset}.png", args.preset)
+    plot(out, RESULTS / f"bandits_regret_{args.preset}{args.tag}.png", args.preset)
     print(f"saved {path}")
 
 
@@ -232,7 +239,11 @@ def plot(out: dict, path: Path, preset: str) -> None:
         left.plot(np.arange(len(curve)) * step, oracle_curve[: len(curve)] - curve, label=label)
     left.set(title=f"regret vs oracle ({preset} world)", xlabel="decisions", ylabel="cumulative regret (clicks)")
     left.legend(fontsize=8)
-    base = out["policies"]["linucb"]
+    base = out["policies"].get("linucb")
+    if base is None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
     right.scatter([100 * base["emerging_share"]], [base["cumulative"]], color="black", label="relevance only")
     for mechanism, rows in out["tradeoff"].items():
         right.plot([100 * r["emerging_share"] for r in rows], [r["cumulative"] for r in rows], "o-", label=mechanism)

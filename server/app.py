@@ -14,12 +14,13 @@ from embeddings.index import IndexArtifact
 from server.exporter import Exporter
 from server.learner import Learner, Refresher, refresh_policies
 from server.loops import Loop, process_identity, sleep_until
-from server.pb import scout_pb2, scout_pb2_grpc
+from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
+from server.validation import add_recommender_to_server
 from server.worker import Background, redis_client, start_background
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class ScoutServer:
     store: Store
     redis_process: RedisProcess | None
     identity: str
+    service: RecommenderService
     background: Background = field(default_factory=Background)
     loops: list[Loop] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,6 +65,7 @@ class ScoutServer:
             await asyncio.gather(self.health_task, return_exceptions=True)
         await asyncio.gather(*(loop.task for loop in self.loops if loop.task is not None), return_exceptions=True)
         await self.background.wait()
+        self.service.executor.shutdown(wait=False)
         await self.store.client.aclose()
         if self.redis_process is not None:
             self.redis_process.stop()
@@ -107,9 +110,10 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         policies = PolicyBook(settings, index.dim)
         await refresh_policies(store, policies)
         server = grpc.aio.server()
-        scout_pb2_grpc.add_RecommenderServicer_to_server(
-            RecommenderService(Recommender(settings, index, policies), store, settings.join), server
+        service = RecommenderService(
+            Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads
         )
+        add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -126,7 +130,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     identity = process_identity()
-    running = ScoutServer(settings, port, server, store, redis_process, identity)
+    running = ScoutServer(settings, port, server, store, redis_process, identity, service)
     stop = running.stop_event
     refresher = Refresher(store, policies, settings.server.refresh_interval_s)
     running.loops.append(Loop("refresher", refresher.step, stop))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,21 +34,59 @@ log = logging.getLogger(__name__)
 SURFACE = "home"
 SLATE = 5
 TARGET_EPSILON = 0.05
+# Per-event and per-flush INFO lines of these packages would scroll over the progress bars.
+QUIET_LOGGERS = ("server", "embeddings", "bandits", "offline_eval", "faiss")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Where and how big the demo runs."""
+    """Where and how big the demo runs.
+
+    ``reward_window_s`` is long enough for a loaded machine; a reward that still arrives after it is counted as
+    late (and reported), never an error. ``click_delay_s`` is how long a simulated user takes to click.
+    """
 
     directory: Path
     decisions: int = 20000
     items: int = 20000
     concurrency: int = 8
     seed: int = 0
+    reward_window_s: float = 5.0
+    click_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the simulated users did."""
+
+    clicks: int
+    late: int
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Raise the library loggers to WARNING for the demo's duration, unless the root logger is at DEBUG."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def run_demo(config: DemoConfig) -> int:
     """Run the demo; returns a process exit code."""
+    with quiet_logs():
+        return await _run(config)
+
+
+async def _run(config: DemoConfig) -> int:
     started = time.perf_counter()
     root = config.directory
     shutil.rmtree(root, ignore_errors=True)
@@ -61,16 +101,19 @@ async def run_demo(config: DemoConfig) -> int:
         f"{world.config.num_users} users; index {artifact.version}"
     )
 
-    settings = _settings(root)
+    settings = _settings(root, config)
     server = await start_server(settings)
     print(
         f"2. serving on port {server.port} with an embedded Redis; experiment variants: "
         f"{', '.join(v.name + ' (' + v.policy + ')' for v in settings.experiments[0].variants)}"
     )
     try:
-        clicks = await _drive(world, server.port, config)
-        print(f"3. {config.decisions} decisions served, {clicks} clicks rewarded")
-        await _wait_for_export(server, config.decisions)
+        traffic = await _drive(world, server.port, config)
+        print(
+            f"3. {config.decisions} decisions served, {traffic.clicks} clicks rewarded, {traffic.late} of them late "
+            f"(after the {config.reward_window_s:g} s reward window: kept apart, not joined)"
+        )
+        await _wait_for_export(server, config.decisions, timeout_s=60.0 + 4 * config.reward_window_s)
         snapshot: Any = await server.store.client.hget(
             server.store.policy_key(settings.experiments[0].name, "control"), "state"
         )
@@ -107,31 +150,36 @@ async def run_demo(config: DemoConfig) -> int:
     return 0
 
 
-def _settings(root: Path) -> Settings:
+def _settings(root: Path, config: DemoConfig) -> Settings:
     settings = load_settings(environ={})
     return replace(
         settings,
         index=root / "index",
         data_dir=root / "redis",
-        server=replace(settings.server, port=0, refresh_interval_s=0.5),
-        join=replace(settings.join, reward_window_s=1.0, poll_interval_s=0.1),
+        server=replace(settings.server, port=0, refresh_interval_s=0.5, event_id_seed=config.seed),
+        join=replace(settings.join, reward_window_s=config.reward_window_s, poll_interval_s=0.1),
         export=replace(settings.export, log_dir=root / "logs", flush_interval_s=1.0),
     )
 
 
-async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> int:
-    """Simulated users: Recommend, then a Reward for every clicked item."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(config.decisions):
-        queue.put_nowait(i)
-    clicks = 0
+def simulated_rng(config: DemoConfig, request: int) -> np.random.Generator:
+    """The generator of simulated request number ``request``: its user, context, seeds and clicks."""
+    return np.random.default_rng([config.seed, request])
+
+
+async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> Traffic:
+    """Simulated users: Recommend, then a Reward for every clicked item.
+
+    Request ``i`` is drawn from its own generator and sent by user ``i % concurrency``, so the requests do not
+    depend on timing. A reward after the window (FAILED_PRECONDITION, or accepted with ``late`` set) is counted.
+    """
+    clicks = late = 0
     progress = tqdm(total=config.decisions, desc="simulated users", unit="req")
 
     async def user(stub: scout_pb2_grpc.RecommenderStub, worker: int) -> None:
-        nonlocal clicks
-        rng = np.random.default_rng([config.seed, worker])
-        while not queue.empty():
-            queue.get_nowait()
+        nonlocal clicks, late
+        for i in range(worker, config.decisions, config.concurrency):
+            rng = simulated_rng(config, i)
             request = world.sample_request(rng)
             reply = await stub.Recommend(
                 scout_pb2.RecommendRequest(
@@ -144,17 +192,31 @@ async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> int:
             )
             served = item_index([item.item_id for item in reply.items])
             context = np.array([request.context[k] for k in CONTEXT_KEYS])
-            for item, click in zip(reply.items, world.sample_clicks(rng, request.user, served, context), strict=True):
+            chosen = world.sample_clicks(rng, request.user, served, context)
+            if config.click_delay_s and chosen.any():
+                await asyncio.sleep(config.click_delay_s)
+            for item, click in zip(reply.items, chosen, strict=True):
                 if click:
-                    await stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item.item_id, value=1.0))
-                    clicks += 1
+                    was_late = await _reward(stub, reply.event_id, item.item_id)
+                    clicks, late = clicks + 1, late + was_late  # after the await: `late += await ...` loses counts
             progress.update()
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = scout_pb2_grpc.RecommenderStub(channel)
         await asyncio.gather(*(user(stub, w) for w in range(config.concurrency)))
     progress.close()
-    return clicks
+    return Traffic(clicks, late)
+
+
+async def _reward(stub: scout_pb2_grpc.RecommenderStub, event_id: str, item_id: str) -> bool:
+    """Send one click; True when it arrived after the reward window."""
+    try:
+        reply = await stub.Reward(scout_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=1.0))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # servers that refuse late rewards
+            return True
+        raise
+    return bool(getattr(reply, "late", False))
 
 
 async def _wait_for_export(server: ScoutServer, expected: int, timeout_s: float = 60.0) -> None:

@@ -141,6 +141,8 @@ class Exporter:
         self.files: list[Path] = []
         self._ready = False
         self._last_claim = 0.0
+        self._unparseable: list[str] = []
+        self.dropped = 0
 
     async def step(self) -> float:
         """Heartbeat, claim a dead exporter's entries, read, and roll a file when due; returns 0 (reads block)."""
@@ -194,7 +196,8 @@ class Exporter:
         try:
             record = self.dataset.to_record(fields)
         except (KeyError, TypeError, ValueError) as exc:
-            log.error("%s: stream entry %s does not parse (%s); it stays unacknowledged", self.dataset.name, key, exc)
+            log.error("%s: stream entry %s does not parse (%s); dropped", self.dataset.name, key, exc)
+            self._unparseable.append(key)
             return
         if self.first_buffered is None:
             self.first_buffered = time.monotonic()
@@ -214,6 +217,10 @@ class Exporter:
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 self._add(entry_id, fields)
+        if self._unparseable:  # no row can come of them: acknowledge, so they do not pin the stream forever
+            await self.store.client.xack(self.dataset.stream, self.dataset.group, *self._unparseable)
+            self.dropped += len(self._unparseable)
+            self._unparseable = []
         return len(self.buffer)
 
     async def claim_dead(self) -> int:

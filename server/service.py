@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -16,7 +17,7 @@ from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
-from server.validation import check_reward
+from server.validation import check_reward, echo
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -47,9 +48,15 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
             return await handler(self, request, context)
         except ScoutError as exc:
             await context.abort(exc.code, str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             log.warning("%s: redis unavailable: %s", handler.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry")
+        except redis.ResponseError as exc:
+            if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+                log.exception("%s failed", handler.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            log.error("%s: redis is at its memory cap (maxmemory, noeviction): %s", handler.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is full; retry later")
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -61,15 +68,18 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 class RecommenderService(scout_pb2_grpc.RecommenderServicer):
     """The ``scout.v1.Recommender`` service."""
 
-    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings) -> None:
+    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings, workers: int = 2) -> None:
         self.recommender, self.store, self.join = recommender, store, join
+        # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="scout-decide")
 
     @_status
     async def Recommend(  # noqa: N802 - gRPC method name
         self, request: scout_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RecommendResponse:
         """Assign, retrieve, rank (on a worker thread), log the decision unless the client is gone, answer."""
-        decision = await asyncio.to_thread(
+        decision = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
             self.recommender.decide,
             RecommendInput(
                 unit_id=request.unit_id,
@@ -123,11 +133,11 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
             request.event_id, request.item_id, request.value, self.join.late_stream_maxlen
         )
         if outcome == UNKNOWN:
-            raise NotFound(f"event_id {request.event_id!r} is not a known decision")
+            raise NotFound(f"event_id {echo(request.event_id)} is not a known decision")
         if outcome == CLOSED:  # a decision joined before late rewards were kept (its closed marker holds no items)
-            raise FailedPrecondition(f"event_id {request.event_id!r}: the reward window has closed")
+            raise FailedPrecondition(f"event_id {echo(request.event_id)}: the reward window has closed")
         if outcome in (LATE, LATE_DUPLICATE):
             return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == LATE_DUPLICATE, late=True)
         if outcome == NOT_IN_SLATE:
-            raise InvalidArgument(f"item_id {request.item_id!r} was not served in event {request.event_id!r}")
+            raise InvalidArgument(f"item_id {echo(request.item_id)} was not served in event {echo(request.event_id)}")
         return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == DUPLICATE)

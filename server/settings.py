@@ -123,6 +123,7 @@ class ServerSettings:
     max_num_items: Annotated[int, Bounds(ge=1, le=1000)]
     refresh_interval_s: PositiveFloat
     health_interval_s: PositiveFloat = 0.5
+    decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
 
 

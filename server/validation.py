@@ -9,9 +9,14 @@ characters of the value it refuses, so an error message stays short whatever was
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
 
 from server.errors import InvalidArgument, NotFound
+from server.pb import scout_pb2
 from server.settings import Experiment, LimitSettings, Settings
 
 MAX_UNIT_ID_CHARS = 512
@@ -26,9 +31,12 @@ MAX_LISTED = 20
 
 
 def echo(value: object) -> str:
-    """``repr`` of a value cut to :data:`ECHO_CHARS` characters, saying how long it was when cut."""
-    if isinstance(value, str) and len(value) > ECHO_CHARS:
-        return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+    """``repr`` of a value cut to :data:`ECHO_CHARS` characters (escapes included), saying how long it was."""
+    if isinstance(value, str):
+        text = repr(value[:ECHO_CHARS])
+        if len(value) <= ECHO_CHARS and len(text) <= ECHO_CHARS + 2:
+            return text
+        return f"{text[:ECHO_CHARS]}... ({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}..."
 
@@ -126,3 +134,51 @@ def check_reward(limits: LimitSettings, event_id: str, item_id: str, value: floa
     if "\n" in item_id or "\r" in item_id:
         raise InvalidArgument(f"item_id must not contain line breaks, got {echo(item_id)}")
     check_number("value", value, limits.max_reward_abs)
+
+
+class Undecodable:
+    """What the tolerant deserializer hands the handler for bytes that are not a valid request message."""
+
+    def __init__(self, message_type: str, error: str) -> None:
+        self.message_type, self.error = message_type, error
+
+
+def _parse(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:  # garbage bytes, invalid UTF-8 in a string field, truncated fields
+            return Undecodable(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return parse
+
+
+def _guard(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid {request.message_type} message: {request.error[:200]}",
+            )
+        return await method(request, context)
+
+    return handler
+
+
+def add_recommender_to_server(servicer: Any, server: grpc.aio.Server) -> None:
+    """Register the ``scout.v1.Recommender`` methods of ``servicer`` with tolerant request decoding.
+
+    Like the generated ``add_RecommenderServicer_to_server``, except that a request that does not decode is
+    answered INVALID_ARGUMENT ("request is not a valid ...") instead of gRPC's UNKNOWN. Covers every method the
+    ``.proto`` declares.
+    """
+    service = scout_pb2.DESCRIPTOR.services_by_name["Recommender"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _guard(getattr(servicer, method.name)),
+            request_deserializer=_parse(getattr(scout_pb2, method.input_type.name)),
+            response_serializer=getattr(scout_pb2, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

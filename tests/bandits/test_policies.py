@@ -1,6 +1,7 @@
 """The contract every policy passes: exact propensities, replayable probabilities, state without pickle."""
 
 import io
+import math
 from collections import Counter
 
 import numpy as np
@@ -307,3 +308,44 @@ def test_bad_arguments_name_the_argument() -> None:
         CandidateBatch(np.zeros((2, 3, F)), np.zeros((2, 2), bool), np.zeros((2, 3), bool))
     with pytest.raises(ValueError, match="feature columns"):
         LinUCB(F).rank(Candidates(np.zeros((3, F + 1)), np.zeros(3, bool)), 1, np.random.default_rng(0))
+
+
+def test_thompson_mixture_matches_the_closed_form_for_two_candidates_within_its_stated_error() -> None:
+    draws = 4000
+    policy = create_policy("thompson", F, {"scale": 0.7, "draws": draws})
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(30, F))
+    policy.update(X, X @ rng.normal(size=F) + rng.normal(size=30))
+    pair = rng.normal(size=(2, F))
+    diff = pair[0] - pair[1]
+    mean = diff @ policy.model.theta
+    sd = 0.7 * np.sqrt(diff @ policy.model.A_inv @ diff)
+    exact = 0.5 * (1 + math.erf(mean / (sd * math.sqrt(2))))  # P(draw prefers candidate 0)
+    p = policy.slot_distributions(Candidates(pair, np.zeros(2, bool)), np.array([0]))[0, 0]
+    assert abs(p - exact) <= 4 * 0.5 / math.sqrt(draws)
+
+
+def test_update_batch_learns_served_rows_with_their_slots_and_ids() -> None:
+    rng = np.random.default_rng(9)
+    n, k, s = 20, 5, 3
+    batch = CandidateBatch(
+        rng.normal(size=(n, k, F)), np.ones((n, k), bool), np.zeros((n, k), bool), ids(n, k), ids(n, k, "c")
+    )
+    served = np.stack([rng.permutation(k)[:s] for _ in range(n)])
+    served[3, 2] = -1
+    rewards = rng.random((n, s))
+    a = create_policy("linucb", F, {"arm_buckets": 64})
+    b = create_policy("linucb", F, {"arm_buckets": 64})
+    a.update_batch(batch, served, rewards)
+    rows, slots = np.nonzero(served >= 0)
+    cols = served[rows, slots]
+    b.learn(
+        batch.features[rows, cols],
+        rewards[rows, slots],
+        slots,
+        batch.item_ids[rows, cols],
+        batch.creator_ids[rows, cols],
+    )
+    np.testing.assert_allclose(a.model.theta, b.model.theta)
+    np.testing.assert_allclose(a.arms.b, b.arms.b)
+    assert a.model.A[0, 0] < 1 + (batch.features[rows, cols, 0] ** 2).sum()  # slots below the top are down-weighted

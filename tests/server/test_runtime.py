@@ -290,3 +290,29 @@ def test_late_rewards_are_exported_to_their_own_dataset(scout) -> None:
     assert [(r["event_id"], r["item_id"], r["value"]) for r in rows] == [(reply.event_id, reply.items[1].item_id, 3)]
     assert pq.read_schema(files[0]).metadata[b"scout.dataset"] == b"late"
     assert json.loads(json.dumps(rows[0]))["received_at"] > 0
+
+
+def test_a_full_redis_answers_unavailable_not_internal(index_dir: Path, tmp_path: Path) -> None:
+    from conftest import run_server
+
+    full = RedisProcess(tmp_path / "full", maxmemory="1")  # every write is over the cap (noeviction)
+    running, thread = run_server(make_settings(index_dir, full.url, tmp_path / "logs"))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = scout_pb2_grpc.RecommenderStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
+    finally:
+        running.stop()
+        running.loop.call_soon_threadsafe(running.loop.stop)
+        thread.join(timeout=10)
+        full.stop()
+
+
+def test_worker_needs_a_shared_redis(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from server.cli import main
+
+    monkeypatch.delenv("SCOUT_REDIS_URL", raising=False)
+    assert main(["worker", "--learner"]) == 2
+    assert "scout worker needs a shared Redis" in caplog.text
