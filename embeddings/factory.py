@@ -1,8 +1,9 @@
 """Index factory: Flat, IVF-Flat, IVF-PQ or HNSW from an :class:`IndexConfig`, with search parameters tuned at build.
 
-Every index is wrapped in ``faiss.IndexIDMap`` whose ids are item positions, so items can be added and removed
-between full rebuilds without renumbering. IVF coarse quantizers are trained on a seeded sample of the vectors, on
-the GPU when the installed faiss has GPUs (``faiss.get_num_gpus() > 0``) and on the CPU otherwise. When ``nprobe``
+Ids are item positions: IVF indexes store them natively, flat and HNSW indexes are wrapped in ``faiss.IndexIDMap``,
+so items can be added and removed between full rebuilds without renumbering. IVF coarse quantizers are trained
+on a seeded sample of the vectors, on the GPU when the installed faiss has GPUs (``faiss.get_num_gpus() > 0``)
+and on the CPU otherwise. When ``nprobe``
 or ``ef_search`` is not given, the smallest value whose recall@k against exact search reaches ``target_recall`` on
 sample queries is chosen, and the sweep is recorded.
 """
@@ -143,7 +144,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
     Returns
     -------
     index
-        An ``IndexIDMap`` over the chosen index.
+        The chosen index (IVF) or an ``IndexIDMap`` over it (flat, HNSW), with ids 0..N-1.
     info
         What to record in the manifest: ``index_type``, ``params`` (the search parameters to use), ``build``
         (nlist, training-sample size, GPU use, timings), ``recall`` (k, queries, value) and ``tuning`` (the sweep).
@@ -186,7 +187,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
         build |= {"m": config.hnsw_m, "ef_construction": config.ef_construction}
     else:  # pragma: no cover - IndexConfig validates the type
         raise ValueError(f"unknown index type {kind!r}")
-    index = faiss.IndexIDMap(inner)
+    # IVF indexes store the ids they are given and remove without renumbering; flat and HNSW number their vectors
+    # 0..n-1, so they are wrapped in an IndexIDMap (wrapping an IVF would corrupt the map on removal).
+    index = inner if kind.startswith("ivf") else faiss.IndexIDMap(inner)
     t0 = time.perf_counter()
     index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
     build["add_seconds"] = round(time.perf_counter() - t0, 3)

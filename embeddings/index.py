@@ -2,7 +2,8 @@
 
 Files:
 
-- ``index.faiss``: the FAISS index (an ``IndexIDMap`` whose ids are item positions; FAISS's own format);
+- ``index.faiss``: the FAISS index whose ids are item positions (IVF natively, flat and HNSW inside an
+  ``IndexIDMap``; FAISS's own format);
 - ``vectors.npy``: the N-by-d float32 content vectors (policies build features from them);
 - ``items.parquet``: position -> ``item_id``, ``creator_id``, ``creator_popularity``, ``creator_age_days``,
   ``removed`` (items taken out since the full build keep their position, so positions never shift);
@@ -297,7 +298,7 @@ class IndexArtifact:
         known = [i for i in catalog.item_ids.tolist() if i in self._position]
         if known:
             raise ValueError(f"item id {known[0]!r} is already in the index (remove it first to replace it)")
-        if not isinstance(self.index, faiss.IndexIDMap):
+        if not self._keeps_ids():
             raise ArtifactError(f"index {self.version} (format 1) cannot take new items; rebuild it")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         start = len(self)
@@ -321,13 +322,17 @@ class IndexArtifact:
         positions = positions[~self.removed[positions]]
         if len(positions) == 0:
             return
-        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else None
-        if inner is None:
+        if not self._keeps_ids():
             raise ArtifactError(f"index {self.version} (format 1) cannot remove items; rebuild it")
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
         if not isinstance(inner, faiss.IndexHNSW):
             self.index.remove_ids(faiss.IDSelectorBatch(len(positions), faiss.swig_ptr(positions)))
         self.removed[positions] = True
         self._changed(f"remove:{','.join(item_ids)}".encode())
+
+    def _keeps_ids(self) -> bool:
+        """Whether the index stores item positions as ids (IVF natively, others through an IndexIDMap)."""
+        return isinstance(self.index, faiss.IndexIDMap | faiss.IndexIVF)
 
     def _changed(self, what: bytes) -> None:
         version, built_at = _new_version(self.version.encode() + what)

@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 _STR_LIST = pa.list_(pa.string())
 _F64_LIST = pa.list_(pa.float64())
 _TIME = pa.timestamp("ms", tz="UTC")
+#: Version of the columns below; files carry it as Parquet schema metadata ``scout.schema_version``.
+SCHEMA_VERSION = "1"
 SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -112,6 +114,9 @@ def read_logs(path: Path) -> DecisionLog:
             table = pq.read_table(file)
         except (OSError, pa.ArrowException) as exc:
             raise LogError(f"{file}: cannot read Parquet: {exc}") from exc
+        version = (table.schema.metadata or {}).get(b"scout.schema_version")
+        if version is not None and version.decode() != SCHEMA_VERSION:
+            raise LogError(f"{file}: log schema version {version.decode()}; this reader knows version {SCHEMA_VERSION}")
         missing = [name for name in SCHEMA.names if name not in table.column_names]
         if missing:
             raise LogError(f"{file}: missing column(s) {', '.join(missing)}")

@@ -18,18 +18,20 @@ class RejectionSampling(Estimator):
     Parameters
     ----------
     seed
-        Seed of the acceptance draws (one uniform per decision, shared by its slots).
+        Seed of the acceptance draws (one uniform per decision, shared by its slots). The generator advances
+        from call to call, so chunks of one log get independent draws; the bound ``max W~`` is per chunk.
     """
 
     name = "replay"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+        self._rng = np.random.default_rng(seed)
 
     def terms(self, data: SlateData, predictions: RewardPredictions | None = None) -> Terms:
         """Kept rewards over kept indicators."""
         ext = data.extended_weights()
         top = ext.max(axis=0) if data.n else np.ones(data.slots)
-        u = np.random.default_rng(self.seed).random(data.n)[:, None]
+        u = self._rng.random(data.n)[:, None]
         kept = (u * np.where(top > 0, top, 1.0) < ext).astype(np.float64)
         return Terms(kept * data.reward * data.mask, kept)

@@ -31,9 +31,12 @@ MAX_LISTED = 20
 
 
 def echo(value: object) -> str:
-    """``repr`` of a value cut to :data:`ECHO_CHARS` characters, saying how long it was when cut."""
-    if isinstance(value, str) and len(value) > ECHO_CHARS:
-        return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+    """``repr`` of a value cut to :data:`ECHO_CHARS` characters (escapes included), saying how long it was."""
+    if isinstance(value, str):
+        text = repr(value[:ECHO_CHARS])
+        if len(value) <= ECHO_CHARS and len(text) <= ECHO_CHARS + 2:
+            return text
+        return f"{text[:ECHO_CHARS]}... ({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}..."
 

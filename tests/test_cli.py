@@ -19,3 +19,19 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert '"count": 300' in capsys.readouterr().out
     assert main(["build", "--catalog", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--logs", str(tmp_path), "--index", str(tmp_path / "idx"), "--policy", "linucb"]) == 2
+
+
+def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: Path) -> None:
+    import json
+
+    from embeddings.index import IndexArtifact
+
+    assert main(["world", "--out", str(tmp_path / "c.parquet"), "--items", "2000"]) == 0
+    args = ["build", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "idx"), "--dim", "16"]
+    extra = ["--index-type", "hnsw", "--m", "16", "--text-cache", str(tmp_path / "cache"), "--publish"]
+    assert main([*args, *extra]) == 0
+    artifact = IndexArtifact.load(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / artifact.version / "manifest.json").read_text())
+    assert manifest["index_type"] == "hnsw" and manifest["index"]["recall"]["value"] >= 0.95
+    assert manifest["build_params"]["text_cache"]["misses"] > 0
+    assert (tmp_path / "cache" / "hashed-1024.npz").is_file()

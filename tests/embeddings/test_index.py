@@ -109,3 +109,38 @@ def test_catalog_round_trip_and_errors(small: SyntheticWorld, tmp_path: Path) ->
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(CatalogError, match=r"junk\.parquet: cannot read catalog"):
         read_catalog(tmp_path / "junk.parquet")
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_towers_agree(small: SyntheticWorld) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine: tower CPU/GPU agreement is checked only where a GPU exists")
+    from embeddings.text import HashedTextEncoder
+    from embeddings.tower import ContentTower, TowerConfig
+
+    tower, features = ContentTower.for_catalog(small.catalog, TowerConfig(dim=16, device="cpu"), HashedTextEncoder(64))
+    cpu = tower.encode_features(features)
+    gpu = ContentTower.from_bytes(tower.to_bytes(), device="cuda").encode_features(features)
+    np.testing.assert_allclose(cpu, gpu, atol=1e-4)
+    pairs = np.stack([np.arange(0, 398, 2), np.arange(1, 399, 2)], axis=1)
+    report = ContentTower.from_bytes(tower.to_bytes(), device="cuda").fit(features, pairs)
+    assert report.device == "cuda" and report.amp
+
+
+@pytest.mark.gpu
+def test_gpu_trained_ivf_index_matches_cpu_recall() -> None:
+    import faiss
+
+    from embeddings.factory import IndexConfig, build_index, gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("the installed faiss sees no GPU (faiss-cpu, or no device): GPU index builds are not checked")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    config = IndexConfig(index_type="ivf_flat", nlist=64, nprobe=16, recall_k=50)
+    _, gpu_info = build_index(x, config)
+    _, cpu_info = build_index(x, IndexConfig(index_type="ivf_flat", nlist=64, nprobe=16, recall_k=50, use_gpu=False))
+    assert gpu_info["build"]["gpu"] and not cpu_info["build"]["gpu"] and faiss.get_num_gpus() > 0
+    assert abs(gpu_info["recall"]["value"] - cpu_info["recall"]["value"]) < 0.05

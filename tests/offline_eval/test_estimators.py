@@ -135,6 +135,10 @@ def test_malformed_logs_name_the_column_and_row(world: SyntheticWorld, index: In
     pq.write_table(records_to_table(records), tmp_path / "nan.parquet")
     with pytest.raises(LogError, match=r"column rewards: row 1"):
         read_logs(tmp_path / "nan.parquet")
+    newer = records_to_table(records[:2])
+    pq.write_table(newer.replace_schema_metadata({b"scout.schema_version": b"2"}), tmp_path / "v2.parquet")
+    with pytest.raises(LogError, match=r"v2\.parquet: log schema version 2; this reader knows version 1"):
+        read_logs(tmp_path / "v2.parquet")
     with pytest.raises(LogError, match="no such file"):
         read_logs(tmp_path / "does-not-exist")
     (tmp_path / "empty").mkdir()

@@ -190,3 +190,15 @@ def test_limits_come_from_settings(index: IndexArtifact) -> None:
     recommender.decide(RecommendInput("u", "home", 2, {"mobile": 10.0}))
     with pytest.raises(InvalidArgument, match=r"context\['mobile'\] must be between -10 and 10"):
         recommender.decide(RecommendInput("u", "home", 2, {"mobile": 10.5}))
+
+
+@pytest.mark.redis
+def test_outcome_messages_echo_ids_cut_short(stub) -> None:
+    reply = stub.Recommend(recommend())
+    unprintable = "\U000695a9" * 512  # repr() would make each one ten characters long
+    code, message = fails(
+        lambda: stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=unprintable, value=1.0))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("item_id") and len(message) < SHORT
+    code, message = fails(lambda: stub.Reward(scout_pb2.RewardRequest(event_id="\x01" * 64, item_id="x", value=1.0)))
+    assert code == grpc.StatusCode.NOT_FOUND and message.startswith("event_id") and len(message) < SHORT
