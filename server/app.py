@@ -12,11 +12,13 @@ from grpc_reflection.v1alpha import reflection
 
 from embeddings.index import IndexArtifact
 from server.exporter import Exporter
+from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
 from server.loops import Loop, process_identity, sleep_until
 from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
+from server.reloader import IndexReloader
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
@@ -135,8 +137,13 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     refresher = Refresher(store, policies, settings.server.refresh_interval_s)
     running.loops.append(Loop("refresher", refresher.step, stop))
     running.loops[0].start()
+    versions = IndexVersions(index, versions_root(settings.index))
+    if versions.root is not None:
+        reloader = IndexReloader(versions.root, service, versions, settings)
+        running.loops.append(Loop("index-reloader", reloader.step, stop))
+        running.loops[-1].start()
     if background:
-        running.background = start_background(store, settings, index, stop, identity=identity)
+        running.background = start_background(store, settings, versions, stop, identity=identity)
     running.health_task = asyncio.create_task(_watch_health(running, health_servicer))
     log.info("scout listening on %s:%d (index %s, redis %s)", settings.server.host, port, index.version, url)
     return running

@@ -125,6 +125,7 @@ class ServerSettings:
     health_interval_s: PositiveFloat = 0.5
     decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
+    index_watch_interval_s: PositiveFloat = 2.0
 
 
 @dataclass(frozen=True)

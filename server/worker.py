@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from embeddings.index import IndexArtifact
 from server.exporter import Exporter, late_dataset
+from server.indexes import IndexVersions, versions_root
 from server.joiner import Joiner
 from server.learner import Learner
 from server.loops import Loop, process_identity
@@ -50,7 +51,7 @@ class Background:
 def start_background(
     store: Store,
     settings: Settings,
-    index: IndexArtifact,
+    index: IndexArtifact | IndexVersions,
     stop: asyncio.Event,
     roles: tuple[str, ...] = ROLES,
     identity: str | None = None,
@@ -60,13 +61,15 @@ def start_background(
     if unknown:
         raise ValueError(f"unknown background roles {sorted(unknown)}; known: {list(ROLES)}")
     name = identity or process_identity()
+    versions = index if isinstance(index, IndexVersions) else IndexVersions(index, versions_root(settings.index))
+    dim = versions.current.dim
     bg = Background()
     if "joiner" in roles:
         bg.joiner = Joiner(store, settings.join)
         bg.loops.append(Loop("joiner", bg.joiner.step, stop))
     if "learner" in roles:
         bg.learner = Learner(
-            store, lambda: PolicyBook(settings, index.dim), index, settings.learner, name, settings.limits
+            store, lambda: PolicyBook(settings, dim), versions, settings.learner, name, settings.limits
         )
         bg.loops.append(Loop("learner", bg.learner.step, stop))
     if "exporter" in roles:
