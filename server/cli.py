@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -104,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--joiner", action="store_true", help="join decisions whose reward window closed")
     worker.add_argument("--learner", action="store_true", help="learn from joined decisions, publish snapshots")
     worker.add_argument("--exporter", action="store_true", help="export joined decisions and late rewards")
+
+    reload_index = commands.add_parser(
+        "reload-index",
+        help="point a versions root's CURRENT at a published version (servers swap it in)",
+        description="Rewrite --index/CURRENT (atomically) to name a version already published under --index, "
+        "e.g. to roll back. Every server watching the root swaps it in within server.index_watch_interval_s. "
+        "Without --version, prints the current and the published versions.",
+    )
+    reload_index.add_argument("--index", type=Path, required=True, help="versions root (holds CURRENT)")
+    reload_index.add_argument("--version", help="a published version to serve")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -260,6 +271,25 @@ def _worker(args: argparse.Namespace) -> None:
     asyncio.run(work())
 
 
+def _reload_index(args: argparse.Namespace) -> None:
+    from embeddings.index import CURRENT, IndexArtifact
+
+    published = IndexArtifact.versions(args.index)
+    if args.version is None:
+        current = IndexArtifact.current_version(args.index)
+        for version in published:
+            print(f"{'*' if version == current else ' '} {version}")
+        return
+    if args.version not in published:
+        raise ValueError(f"--version {args.version!r} is not published under {args.index} (have {published})")
+    pointer = args.index / f".{CURRENT}.tmp"
+    pointer.write_text(args.version + "\n")
+    os.replace(pointer, args.index / CURRENT)
+    log.info(
+        "%s now names %s; servers watching it swap within their watch interval", args.index / CURRENT, args.version
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import tomllib
 
@@ -363,6 +393,7 @@ COMMANDS = {
     "build": _build,
     "serve": _serve,
     "worker": _worker,
+    "reload-index": _reload_index,
     "evaluate": _evaluate,
 }
 

@@ -35,3 +35,22 @@ def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: P
     assert manifest["index_type"] == "hnsw" and manifest["index"]["recall"]["value"] >= 0.95
     assert manifest["build_params"]["text_cache"]["misses"] > 0
     assert (tmp_path / "cache" / "hashed-1024.npz").is_file()
+
+
+def test_reload_index_points_current_at_a_published_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from embeddings.index import IndexArtifact
+
+    assert main(["world", "--out", str(tmp_path / "c.parquet"), "--items", "300"]) == 0
+    build = ["build", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "root"), "--dim", "8"]
+    assert main([*build, "--publish"]) == 0
+    first = IndexArtifact.current_version(tmp_path / "root")
+    assert main([*build, "--publish", "--seed", "2"]) == 0
+    second = IndexArtifact.current_version(tmp_path / "root")
+    assert second != first
+    assert main(["reload-index", "--index", str(tmp_path / "root"), "--version", first]) == 0
+    assert IndexArtifact.current_version(tmp_path / "root") == first
+    assert main(["reload-index", "--index", str(tmp_path / "root"), "--version", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["reload-index", "--index", str(tmp_path / "root")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == sorted([f"* {first}", f"  {second}"])
