@@ -63,6 +63,8 @@ def decisions(log: DecisionLog, index: IndexArtifact) -> Iterator[LoggedDecision
             candidates=Candidates(
                 features=build_features(index.query(seeds), vectors, context),
                 emerging=rule.flags(index.creator_popularity[positions], index.creator_age_days[positions]),
+                item_ids=index.item_ids[positions],
+                creator_ids=index.creator_ids[positions],
             ),
             candidate_positions=positions,
             served=served,

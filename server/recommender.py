@@ -132,7 +132,12 @@ class Recommender:
         rule = self.rules[experiment.name]
         positions = found.positions
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
-        candidates = Candidates(build_features(query, index.vectors[positions], context), emerging)
+        candidates = Candidates(  # ids feed the policies' item/creator terms, exactly as replay and the learner do
+            build_features(query, index.vectors[positions], context),
+            emerging,
+            item_ids=index.item_ids[positions],
+            creator_ids=index.creator_ids[positions],
+        )
         event_id = uuid.uuid4() if self._ids is None else uuid.UUID(int=self._ids.getrandbits(128), version=4)
         slate = self._rank(policy, candidates, request.num_items, event_id.int, (experiment.name, variant.name))
         served = positions[slate.indices]
