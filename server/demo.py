@@ -114,9 +114,7 @@ async def _run(config: DemoConfig) -> int:
             f"(after the {config.reward_window_s:g} s reward window: kept apart, not joined)"
         )
         await _wait_for_export(server, config.decisions, timeout_s=60.0 + 4 * config.reward_window_s)
-        snapshot: Any = await server.store.client.hget(
-            server.store.policy_key(settings.experiments[0].name, "control"), "state"
-        )
+        snapshot = await _learned_snapshot(server, settings.experiments[0].name, "control", timeout_s=60.0)
     finally:
         await server.stop()
     log_data = read_logs(settings.export.log_dir)
@@ -124,7 +122,7 @@ async def _run(config: DemoConfig) -> int:
 
     control = log_data.where(np.array(log_data["variant"]) == "control")
     index = IndexArtifact.load(root / "index")
-    target = load_policy(snapshot or b"", {"epsilon": TARGET_EPSILON})
+    target = load_policy(snapshot, {"epsilon": TARGET_EPSILON})
     (root / "target.npz").write_bytes(target.to_bytes())
     result = evaluate(control, index, target, seed=config.seed)
     truth = true_value(world, control, index, target, seed=config.seed)
@@ -228,6 +226,27 @@ async def _wait_for_export(server: ScoutServer, expected: int, timeout_s: float 
             bar.update(server.exporter.exported - bar.n)
             await asyncio.sleep(0.2)
         bar.update(expected - bar.n)
+
+
+async def _learned_snapshot(server: ScoutServer, experiment: str, variant: str, timeout_s: float) -> bytes:
+    """The variant's snapshot once the learner has applied every joined decision (or ``timeout_s`` has passed).
+
+    On a busy machine the learner may still be behind when the export is complete; without any published
+    snapshot the policy being served (the initial one) is the target's starting point.
+    """
+    store = server.store
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info: Any = await store.client.xinfo_stream(store.joined)
+        position: Any = await store.client.hget(store.learner, "position")
+        last = info["last-generated-id"]
+        if position is not None and position == (last if isinstance(last, bytes) else str(last).encode()):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        log.warning("the learner had not caught up after %.0f s; evaluating its latest snapshot", timeout_s)
+    state: Any = await store.client.hget(store.policy_key(experiment, variant), "state")
+    return bytes(state) if state else server.service.recommender.policies.get(experiment, variant).to_bytes()
 
 
 def true_value(world: SyntheticWorld, log_data: DecisionLog, index: IndexArtifact, target: Policy, seed: int) -> float:
