@@ -164,24 +164,9 @@ def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int 
         row = int(np.argmax((filled & ~found).any(axis=1)))
         raise LogError(f"column item_ids: row {offset + row} serves an item that is not one of its candidates")
     served = np.where(filled, match.argmax(axis=2), -1).astype(np.int64)
-    # Queries: the normalized mean of the seed items' vectors (the catalog mean for requests without seeds).
-    vectors = index.vectors
-    sums = np.zeros((n, vectors.shape[1]))
-    np.add.at(sums, np.repeat(np.arange(n), seed_len), vectors[seed_pos].astype(np.float64))
-    means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
-    if (seed_len == 0).any():
-        means[seed_len == 0] = index.query(np.zeros(0, dtype=np.int64))
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    queries = np.where(norms > 0, means / np.where(norms > 0, norms, 1.0), means).astype(np.float32)
-    context_pos, context_len = _flat(table.column("context_values"))
-    if n and (context_len != context_len[0]).any():
-        row = int(np.argmax(context_len != context_len[0]))
-        raise LogError(
-            f"column context_values: row {offset + row} has {context_len[row]} values, row {offset} has "
-            f"{context_len[0]}"
-        )
-    context = np.asarray(context_pos, dtype=np.float64).reshape(n, -1 if n else 0)
-    features = build_features_batch(queries, vectors[positions], context)
+    features = build_features_batch(
+        queries(index, seed_pos, seed_len), index.vectors[positions], context_matrix(table, offset)
+    )
     emerging = np.zeros((n, k), dtype=bool)
     rules = np.asarray(table.column("emerging_rule").to_pylist(), dtype=object)
     for text in set(rules.tolist()):
@@ -205,6 +190,31 @@ def _ids(ids: np.ndarray, positions: np.ndarray, valid: np.ndarray) -> np.ndarra
     out = np.empty(positions.shape, dtype=object)
     out[valid] = ids[positions[valid]]
     return out
+
+
+def queries(index: IndexArtifact, seed_pos: np.ndarray, seed_len: np.ndarray) -> np.ndarray:
+    """The n query vectors: the normalized mean of each decision's seed vectors (``index.query`` row for row)."""
+    n = len(seed_len)
+    vectors = index.vectors
+    sums = np.zeros((n, vectors.shape[1]))
+    np.add.at(sums, np.repeat(np.arange(n), seed_len), vectors[seed_pos].astype(np.float64))
+    means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
+    if (seed_len == 0).any():
+        means[seed_len == 0] = index.query(np.zeros(0, dtype=np.int64))
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return np.where(norms > 0, means / np.where(norms > 0, norms, 1.0), means).astype(np.float32)
+
+
+def context_matrix(table: pa.Table | pa.RecordBatch, offset: int = 0) -> np.ndarray:
+    """The n-by-C logged context values; every decision of a batch must log the same number C."""
+    n = table.num_rows
+    values, lengths = _flat(table.column("context_values"))
+    if n and (lengths != lengths[0]).any():
+        row = int(np.argmax(lengths != lengths[0]))
+        raise LogError(
+            f"column context_values: row {offset + row} has {lengths[row]} values, row {offset} has {lengths[0]}"
+        )
+    return np.asarray(values, dtype=np.float64).reshape(n, -1 if n else 0)
 
 
 def concat(parts: list[SlateData]) -> SlateData:

@@ -18,7 +18,7 @@ from bandits.base import CandidateBatch
 from bandits.features import build_features_batch
 from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA, LogError
-from offline_eval.replay import _flat, _known_ids, _pad, _positions
+from offline_eval.replay import _flat, _known_ids, _pad, _positions, context_matrix, queries
 
 #: The log columns :func:`served_batch` reads.
 SERVED_COLUMNS = ("index_version", "seed_item_ids", "item_ids", "propensities", "rewards", "context_values")
@@ -58,14 +58,7 @@ def served_batch(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset:
         raise LogError(f"column item_ids: row {offset + int(np.argmax(item_len == 0))} serves no item")
     s = int(item_len.max(initial=1))
     positions, filled = _pad(item_pos, item_len, s, 0)
-    context_values, context_len = _flat(table.column("context_values"))
-    if n and (context_len != context_len[0]).any():
-        row = int(np.argmax(context_len != context_len[0]))
-        raise LogError(
-            f"column context_values: row {offset + row} has {context_len[row]} values, row {offset} has "
-            f"{context_len[0]}"
-        )
-    context = np.asarray(context_values, dtype=np.float64).reshape(n, -1 if n else 0)
+    context = context_matrix(table, offset)
     features = build_features_batch(queries(index, seed_pos, seed_len), index.vectors[positions], context)
     props, _ = _pad(*_flat(table.column("propensities")), s, 1.0)
     rewards, _ = _pad(*_flat(table.column("rewards")), s, 0.0)
@@ -76,16 +69,3 @@ def served_batch(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset:
     candidates = CandidateBatch(features, filled, np.zeros((n, s), dtype=bool), ids, creators)
     served = np.where(filled, np.arange(s)[None, :], -1).astype(np.int64)
     return ServedBatch(candidates, served, np.asarray(props, dtype=np.float64), np.asarray(rewards, dtype=np.float64))
-
-
-def queries(index: IndexArtifact, seed_pos: np.ndarray, seed_len: np.ndarray) -> np.ndarray:
-    """The n query vectors: the normalized mean of each decision's seed vectors (``index.query`` row for row)."""
-    n = len(seed_len)
-    vectors = index.vectors
-    sums = np.zeros((n, vectors.shape[1]))
-    np.add.at(sums, np.repeat(np.arange(n), seed_len), vectors[seed_pos].astype(np.float64))
-    means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
-    if (seed_len == 0).any():
-        means[seed_len == 0] = index.query(np.zeros(0, dtype=np.int64))
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return np.where(norms > 0, means / np.where(norms > 0, norms, 1.0), means).astype(np.float32)
