@@ -5,8 +5,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from synthetic_vectors import catalog_of, clustered
 
-from embeddings.base import Catalog
 from embeddings.factory import (
     IndexConfig,
     build_index,
@@ -17,27 +17,6 @@ from embeddings.factory import (
     search_parameters,
 )
 from embeddings.index import ArtifactError, IndexArtifact
-
-
-def clustered(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit vectors from a mixture of 50 clusters plus noise (not trivially separable)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(50, d))
-    x = centers[rng.integers(50, size=n)] + 1.5 * rng.normal(size=(n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def catalog_of(n: int, prefix: str = "item") -> Catalog:
-    return Catalog(
-        item_ids=np.array([f"{prefix}-{i}" for i in range(n)], dtype=object),
-        creator_ids=np.array([f"creator-{i % 7}" for i in range(n)], dtype=object),
-        texts=np.array([""] * n, dtype=object),
-        tags=tuple(() for _ in range(n)),
-        descriptors=np.zeros((n, 0)),
-        creator_popularity=np.ones(n),
-        creator_age_days=np.ones(n),
-    )
-
 
 VECTORS = clustered(6000, 32, seed=1)
 
