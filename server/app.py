@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from embeddings.index import IndexArtifact
 from server.exporter import Exporter
 from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
 from server.loops import Loop, process_identity, sleep_until
+from server.metrics import Metrics, RpcMetrics
 from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
 from server.redis_server import RedisProcess
+from server.reflection import enable_reflection
 from server.reloader import IndexReloader
+from server.security import TokenAuth, load_tokens, server_credentials
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
@@ -48,6 +51,8 @@ class ScoutServer:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     serving: bool = True
     health_task: asyncio.Task[None] | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_port: int | None = None
 
     @property
     def exporter(self) -> Exporter | None:
@@ -68,6 +73,7 @@ class ScoutServer:
         await asyncio.gather(*(loop.task for loop in self.loops if loop.task is not None), return_exceptions=True)
         await self.background.wait()
         self.service.executor.shutdown(wait=False)
+        self.metrics.close()
         await self.store.client.aclose()
         if self.redis_process is not None:
             self.redis_process.stop()
@@ -96,6 +102,20 @@ async def _watch_health(server: ScoutServer, servicer: health.aio.HealthServicer
         await sleep_until(server.stop_event, interval)
 
 
+async def _update_gauges(server: ScoutServer) -> float:
+    """Refresh the gauges that are read from Redis and from the serving policies; returns the seconds to wait."""
+    metrics, recommender = server.metrics, server.service.recommender
+    pending, join_lag, learner_lag = await server.store.lags()
+    metrics.pending.set(pending)
+    metrics.join_lag.set(join_lag)
+    metrics.learner_lag.set(learner_lag)
+    metrics.fallbacks.set(recommender.fallbacks)
+    metrics.index.info({"version": recommender.index.version})
+    for (experiment, variant), policy in recommender.policies.items():
+        metrics.policy_version.labels(experiment, variant, policy.name).set(float(policy.version))
+    return server.settings.server.health_interval_s
+
+
 async def start_server(settings: Settings, background: bool = True) -> ScoutServer:
     """Start serving on ``settings.server.host:port`` (port 0 picks a free port) and return the running server."""
     index = IndexArtifact.load(settings.index)
@@ -107,19 +127,28 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         )
         url = redis_process.url
     store = Store(redis_client(url), settings.key_prefix)
+    metrics = Metrics()
     try:
+        credentials = server_credentials(settings.security)  # bad files fail here, before anything listens
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetrics(metrics)]  # outermost: counts refusals too
+        if settings.security.tokens_file is not None:
+            interceptors.append(TokenAuth(load_tokens(settings.security.tokens_file)))
         await store.client.ping()
         policies = PolicyBook(settings, index.dim)
         await refresh_policies(store, policies)
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=interceptors)
         service = RecommenderService(
-            Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads
+            Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads, metrics
         )
         add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        address = f"{settings.server.host}:{settings.server.port}"
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
         if port == 0:
             raise RuntimeError(f"cannot listen on {settings.server.host}:{settings.server.port}")
     except BaseException:
@@ -132,11 +161,15 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     identity = process_identity()
-    running = ScoutServer(settings, port, server, store, redis_process, identity, service)
+    running = ScoutServer(settings, port, server, store, redis_process, identity, service, metrics=metrics)
     stop = running.stop_event
+    if settings.server.metrics_port is not None:
+        running.metrics_port = metrics.serve_http(settings.server.metrics_host, settings.server.metrics_port)
+        running.loops.append(Loop("metrics", functools.partial(_update_gauges, running), stop))
     refresher = Refresher(store, policies, settings.server.refresh_interval_s)
     running.loops.append(Loop("refresher", refresher.step, stop))
-    running.loops[0].start()
+    for loop in running.loops:
+        loop.start()
     versions = IndexVersions(index, versions_root(settings.index))
     if versions.root is not None:
         reloader = IndexReloader(versions.root, service, versions, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from server.logs import configure as configure_logging
+
 log = logging.getLogger("scout")
 
 
@@ -20,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scout`` console script."""
     parser = argparse.ArgumentParser(prog="scout", description="Scout: retrieve, explore, evaluate offline.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default) or json: one object per line with time, level, logger, message and request_id",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -81,17 +90,48 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser(
         "serve",
         help="serve the Recommender gRPC API",
-        description="Serve Recommend and Reward over gRPC with health checking and "
-        "reflection, plus the joiner, learner and exporter loops.",
+        description="Serve Recommend, Reward and RewardStream over gRPC with health checking and "
+        "reflection (v1 and v1alpha), plus the joiner, learner and exporter loops. TLS, mutual TLS and bearer "
+        "tokens come from [security] (or SCOUT_TLS_* / SCOUT_TOKENS_FILE); Prometheus metrics from "
+        "server.metrics_port (or SCOUT_METRICS_PORT, or --metrics-port).",
     )
     serve.add_argument("--config", type=Path, help="TOML settings overriding the embedded defaults")
     serve.add_argument("--port", type=port_number, help="port to listen on, 0..65535 (0 picks a free one)")
     serve.add_argument("--index", type=Path, help="index artifact directory")
     serve.add_argument(
+        "--metrics-port", type=port_number, help="serve Prometheus metrics on this HTTP port (0 picks a free one)"
+    )
+    serve.add_argument(
         "--no-background",
         action="store_true",
         help="serve requests only; run the joiner, learner and exporter elsewhere",
     )
+
+    bench = commands.add_parser(
+        "bench",
+        help="load-test Scout against a bare gRPC echo in the same run",
+        description="Closed-loop (--concurrency) and open-loop (--rate) Recommend/Reward load against Scout and, in "
+        "the same run, against a bare gRPC echo server answering responses of the same size: p50/p90/p99/p99.9, "
+        "throughput, errors by status code, server CPU per request, and Scout/echo ratios. Without --target it "
+        "starts its own Redis, `scout serve --no-background` and `scout worker` from --config/--index. Saves JSON "
+        "and a latency-CDF plot.",
+    )
+    bench.add_argument("--target", help="HOST:PORT of a running Scout server (default: start one)")
+    bench.add_argument("--server-pid", type=int, help="with --target: the server's pid, for CPU per request")
+    bench.add_argument("--config", type=Path, help="TOML settings for the started server")
+    bench.add_argument("--index", type=Path, help="index artifact (or versions root) the requests draw seeds from")
+    bench.add_argument("--concurrency", type=int, nargs="*", default=[1, 16], help="closed-loop levels (default 1 16)")
+    bench.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop levels, requests per second")
+    bench.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and server")
+    bench.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
+    bench.add_argument("--num-items", type=int, default=10, help="slate size asked for (default 10)")
+    bench.add_argument("--surface", default="home", help="surface to fill (default home)")
+    bench.add_argument("--reward-share", type=float, default=0.0, help="rewards sent per Recommend, 0..1")
+    bench.add_argument("--token", help="bearer token, if the server wants one")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    bench.add_argument("--no-echo", action="store_true", help="skip the echo floor")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument("--out", type=Path, default=Path("benchmarks/results/bench.json"), help="JSON (PNG next to it)")
 
     worker = commands.add_parser(
         "worker",
@@ -162,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it tried: noise unless debugging
     try:
@@ -237,6 +277,8 @@ def _serve(args: argparse.Namespace) -> None:
         settings = replace(settings, server=replace(settings.server, port=args.port))
     if args.index is not None:
         settings = replace(settings, index=args.index)
+    if args.metrics_port is not None:
+        settings = replace(settings, server=replace(settings.server, metrics_port=args.metrics_port))
 
     async def serve() -> None:
         server = await start_server(settings, background=not args.no_background)
@@ -245,6 +287,8 @@ def _serve(args: argparse.Namespace) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("listening on port %d; Ctrl-C to stop", server.port)
+        if server.metrics_port is not None:
+            log.info("metrics at http://%s:%d/metrics", settings.server.metrics_host, server.metrics_port)
         await stop.wait()
         log.info("shutting down: draining requests and flushing logs")
         await server.stop()
@@ -387,7 +431,46 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from server import bench
+    from server.settings import load_settings
+
+    settings = load_settings(args.config)
+    index = args.index if args.index is not None else settings.index
+    experiment = settings.experiment_for(args.surface)
+    context_keys = experiment.context_keys if experiment is not None else ()
+    base = bench.LoadSpec(
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        reward_share=args.reward_share,
+        num_items=args.num_items,
+        surface=args.surface,
+        context_keys=context_keys,
+        seed=args.seed,
+        token=args.token,
+    )
+    specs = [replace(base, concurrency=c) for c in args.concurrency] + [replace(base, rate=r) for r in args.rate]
+    if not specs:
+        raise ValueError("give at least one --concurrency or --rate level")
+    item_ids = bench.catalog_item_ids(index)
+    with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
+        servers: contextlib.AbstractContextManager[tuple[str, int | None]]
+        if args.target is None:
+            log.info("starting Redis, scout serve and scout worker (index %s)", index)
+            servers = bench.scout_processes(args.config, args.index, Path(workdir))
+        else:
+            servers = contextlib.nullcontext((args.target, args.server_pid))
+        with servers as (target, pid):
+            results = bench.compare(target, specs, item_ids, pid, not args.no_echo, not args.no_progress)
+    print(bench.table(results))
+    for path in bench.save(results, args.out, bench.machine()):
+        print(f"wrote {path}")
+
+
 COMMANDS = {
+    "bench": _bench,
     "demo": _demo,
     "world": _world,
     "build": _build,

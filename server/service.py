@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -13,14 +13,17 @@ import grpc
 import redis
 
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ScoutError
+from server.metrics import Metrics
 from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
-from server.validation import check_reward, echo
+from server.validation import Undecodable, check_reward, echo
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
+#: Most messages one RewardStream call may carry.
+MAX_STREAM_REWARDS = 10_000
 #: A decision is logged only if at least this long remains of the client's deadline after recording it.
 DEADLINE_MARGIN_S = 0.005
 
@@ -68,8 +71,15 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 class RecommenderService(scout_pb2_grpc.RecommenderServicer):
     """The ``scout.v1.Recommender`` service."""
 
-    def __init__(self, recommender: Recommender, store: Store, join: JoinSettings, workers: int = 2) -> None:
-        self.recommender, self.store, self.join = recommender, store, join
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: Store,
+        join: JoinSettings,
+        workers: int = 2,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.recommender, self.store, self.join, self.metrics = recommender, store, join, metrics
         # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="scout-decide")
 
@@ -97,6 +107,8 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         await self.store.record_decision(record, due, self.join.decision_stream_maxlen, self.join.pending_ttl_s)
         if _gone(context) and await self.store.unrecord_decision(record["event_id"]):
             raise ClientGone("the deadline passed (or the call was cancelled) while logging; decision withdrawn")
+        if self.metrics is not None:
+            self.metrics.served(record["experiment"], record["variant"], record["emerging"])
         items = [
             scout_pb2.RecommendedItem(
                 item_id=item, creator_id=creator, position=k, score=score, propensity=p, emerging=emerging
@@ -128,6 +140,35 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         self, request: scout_pb2.RewardRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RewardResponse:
         """Validate and record a reward for one served item; duplicates are acknowledged and ignored."""
+        return await self._reward(request)
+
+    @_status
+    async def RewardStream(  # noqa: N802 - gRPC method name
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> scout_pb2.RewardStreamResponse:
+        """Record each streamed reward as :meth:`Reward` would; each message gets its own outcome."""
+        response = scout_pb2.RewardStreamResponse()
+        index = 0
+        async for request in requests:
+            if index >= MAX_STREAM_REWARDS:
+                raise InvalidArgument(
+                    f"RewardStream carries at most {MAX_STREAM_REWARDS} messages; the first {MAX_STREAM_REWARDS} "
+                    "were recorded (rewards are idempotent: resend the rest in another call)"
+                )
+            outcome = response.outcomes.add(index=index)
+            try:
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument(f"message is not a valid {request.message_type}: {request.error[:200]}")
+                outcome.result.CopyFrom(await self._reward(request))
+                response.accepted += 1
+            except Exception as exc:
+                code, message = _outcome(exc)
+                outcome.code, outcome.message = code.value[0], message
+                response.rejected += 1
+            index += 1
+        return response
+
+    async def _reward(self, request: scout_pb2.RewardRequest) -> scout_pb2.RewardResponse:
         check_reward(self.recommender.settings.limits, request.event_id, request.item_id, request.value)
         outcome = await self.store.record_reward(
             request.event_id, request.item_id, request.value, self.join.late_stream_maxlen
@@ -136,8 +177,22 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
             raise NotFound(f"event_id {echo(request.event_id)} is not a known decision")
         if outcome == CLOSED:  # a decision joined before late rewards were kept (its closed marker holds no items)
             raise FailedPrecondition(f"event_id {echo(request.event_id)}: the reward window has closed")
-        if outcome in (LATE, LATE_DUPLICATE):
-            return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == LATE_DUPLICATE, late=True)
         if outcome == NOT_IN_SLATE:
             raise InvalidArgument(f"item_id {echo(request.item_id)} was not served in event {echo(request.event_id)}")
-        return scout_pb2.RewardResponse(accepted=True, duplicate=outcome == DUPLICATE)
+        late = outcome in (LATE, LATE_DUPLICATE)
+        duplicate = outcome in (DUPLICATE, LATE_DUPLICATE)
+        if self.metrics is not None:
+            self.metrics.rewards.labels("late" if late else "duplicate" if duplicate else "accepted").inc()
+        return scout_pb2.RewardResponse(accepted=True, duplicate=duplicate, late=late)
+
+
+def _outcome(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code and message :func:`_status` would answer for ``exc``."""
+    if isinstance(exc, ScoutError):
+        return exc.code, str(exc)
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        return grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc):
+        return grpc.StatusCode.UNAVAILABLE, "state store is full; retry later"
+    log.error("RewardStream message failed", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error"

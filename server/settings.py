@@ -31,6 +31,11 @@ ENVIRONMENT = {
     "SCOUT_HOST": ("server", "host"),
     "SCOUT_PORT": ("server", "port"),
     "SCOUT_LOG_DIR": ("export", "log_dir"),
+    "SCOUT_METRICS_PORT": ("server", "metrics_port"),
+    "SCOUT_TLS_CERT_FILE": ("security", "tls_cert_file"),
+    "SCOUT_TLS_KEY_FILE": ("security", "tls_key_file"),
+    "SCOUT_TLS_CLIENT_CA_FILE": ("security", "tls_client_ca_file"),
+    "SCOUT_TOKENS_FILE": ("security", "tokens_file"),
 }
 
 
@@ -126,6 +131,31 @@ class ServerSettings:
     decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
     index_watch_interval_s: PositiveFloat = 2.0
+    metrics_port: Annotated[int, Bounds(ge=0, le=65535)] | None = None
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Transport security and authentication (see the README's "Security").
+
+    ``tls_cert_file`` and ``tls_key_file`` (PEM) turn on TLS; ``tls_client_ca_file`` also requires every client to
+    present a certificate signed by that CA (mutual TLS). ``tokens_file`` holds accepted bearer tokens, one per
+    line (blank lines and ``#`` comments ignored): every RPC except health and reflection then needs the metadata
+    ``authorization: Bearer <token>``.
+    """
+
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tokens_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise FieldError((missing,), "tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise FieldError(("tls_client_ca_file",), "mutual TLS needs tls_cert_file and tls_key_file too")
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,7 @@ class Settings:
     experiments: tuple[Experiment, ...]
     redis_appendfsync: str = "everysec"
     redis_maxmemory: str = "1gb"
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def __post_init__(self) -> None:
         if self.redis_appendfsync not in ("always", "everysec", "no"):

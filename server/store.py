@@ -201,6 +201,29 @@ class Store:
         """Decisions still waiting for their reward window to close."""
         return int(await self.client.zcard(self.due))
 
+    async def lags(self) -> tuple[int, float, float]:
+        """Pending decisions, join lag and learner lag (seconds), for metrics.
+
+        Join lag is how far the oldest pending decision is past its due time (0 when the joiner keeps up); learner
+        lag is how much older the learner's stream position is than the newest joined decision.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.due)
+            pipe.zrange(self.due, 0, 0, withscores=True)
+            pipe.hget(self.learner, "position")
+            pipe.xrevrange(self.joined, count=1)
+            pipe.xrange(self.joined, count=1)
+            pending, oldest, position, newest, first = await pipe.execute()
+        join_lag = max(0.0, (now_ms() - oldest[0][1]) / 1000) if oldest else 0.0
+        learner_lag = 0.0
+        if newest:
+            newest_ms = int(newest[0][0].split(b"-")[0])
+            position_ms = int((position or b"0-0").split(b"-")[0])
+            if position_ms == 0:  # nothing applied yet: everything joined so far is behind
+                position_ms = int(first[0][0].split(b"-")[0]) - 1
+            learner_lag = max(0.0, (newest_ms - position_ms) / 1000)
+        return int(pending), join_lag, learner_lag
+
     def policy_key(self, experiment: str, variant: str) -> str:
         """Key of a variant's policy snapshot."""
         return f"{self.prefix}:policy:{experiment}:{variant}"

@@ -169,16 +169,20 @@ def add_recommender_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     """Register the ``scout.v1.Recommender`` methods of ``servicer`` with tolerant request decoding.
 
     Like the generated ``add_RecommenderServicer_to_server``, except that a request that does not decode is
-    answered INVALID_ARGUMENT ("request is not a valid ...") instead of gRPC's UNKNOWN. Covers every method the
-    ``.proto`` declares.
+    answered INVALID_ARGUMENT ("request is not a valid ...") instead of gRPC's UNKNOWN (in a client stream, that
+    message's outcome says so). Covers every method the ``.proto`` declares.
     """
     service = scout_pb2.DESCRIPTOR.services_by_name["Recommender"]
-    handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, method.name)),
-            request_deserializer=_parse(getattr(scout_pb2, method.input_type.name)),
-            response_serializer=getattr(scout_pb2, method.output_type.name).SerializeToString,
-        )
-        for method in service.methods
-    }
+    handlers = {}
+    for method in service.methods:
+        parse = _parse(getattr(scout_pb2, method.input_type.name))
+        serialize = getattr(scout_pb2, method.output_type.name).SerializeToString
+        if method.client_streaming:  # each undecodable message reaches the handler, which answers it on its own
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                getattr(servicer, method.name), request_deserializer=parse, response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard(getattr(servicer, method.name)), request_deserializer=parse, response_serializer=serialize
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -84,3 +84,25 @@ class RewardResponse(_message.Message):
     duplicate: bool
     late: bool
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., late: _Optional[bool] = ...) -> None: ...
+
+class RewardOutcome(_message.Message):
+    __slots__ = ("index", "code", "message", "result")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    code: int
+    message: str
+    result: RewardResponse
+    def __init__(self, index: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., result: _Optional[_Union[RewardResponse, _Mapping]] = ...) -> None: ...
+
+class RewardStreamResponse(_message.Message):
+    __slots__ = ("outcomes", "accepted", "rejected")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[RewardOutcome]
+    accepted: int
+    rejected: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[RewardOutcome, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
                 response_deserializer=server_dot_pb_dot_scout__pb2.RewardResponse.FromString,
                 _registered_method=True)
+        self.RewardStream = channel.stream_unary(
+                '/scout.v1.Recommender/RewardStream',
+                request_serializer=server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.RewardStreamResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -65,6 +70,16 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RewardStream(self, request_iterator, context):
+        """Record many rewards over one call, for high-volume backends. Every message is validated and recorded exactly as
+        Reward would; a bad message does not end the call: its outcome carries the status code and message Reward
+        would have answered. At most 10,000 messages per call (more: INVALID_ARGUMENT, after recording the first
+        10,000). Rewards are idempotent per (event_id, item_id), so after any failed call the client may resend it whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +92,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Reward,
                     request_deserializer=server_dot_pb_dot_scout__pb2.RewardRequest.FromString,
                     response_serializer=server_dot_pb_dot_scout__pb2.RewardResponse.SerializeToString,
+            ),
+            'RewardStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RewardStream,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.RewardRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.RewardStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +154,33 @@ class Recommender:
             '/scout.v1.Recommender/Reward',
             server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
             server_dot_pb_dot_scout__pb2.RewardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewardStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/scout.v1.Recommender/RewardStream',
+            server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.RewardStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,551 @@
+"""Load generator (``scout bench``): Recommend/Reward load against Scout and, in the same run, a bare gRPC echo.
+
+The echo is the floor: a ``scout.v1.Recommender`` server in its own process, built the same way as Scout's
+(``grpc.aio``, one process), that parses each request and answers a canned response of exactly the size Scout
+answered. Comparing Scout with it in the same run, on the same machine and under the same load, gives ratios that
+survive a busy machine better than absolute times do.
+
+Two ways to drive load, both with warm-up and a fixed duration:
+
+- closed loop (``concurrency``): N callers, each sending its next request when the previous one answered;
+- open loop (``rate``): requests sent on a fixed schedule whatever the answers; latency is measured from each
+  request's *intended* send time, so a stalled server is charged for the requests it delayed (no coordinated
+  omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.pb import scout_pb2, scout_pb2_grpc
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What load to send.
+
+    Parameters
+    ----------
+    concurrency
+        Closed loop: callers in flight (ignored when ``rate`` is set).
+    rate
+        Open loop: requests per second on a fixed schedule; None for closed loop.
+    duration_s, warmup_s
+        Measured seconds, after ``warmup_s`` seconds whose requests are sent but not counted.
+    reward_share
+        Rewards sent per Recommend (0..1), each for the first item of a served slate, right after it.
+    num_items, surface, context_keys, seeds_per_request
+        Shape of the Recommend requests; seed items are drawn from the catalog.
+    seed
+        Seed of the request mix.
+    token
+        Bearer token sent as ``authorization`` metadata, if the server wants one.
+    timeout_s
+        Deadline of each call.
+    """
+
+    concurrency: int = 1
+    rate: float | None = None
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    reward_share: float = 0.0
+    num_items: int = 10
+    surface: str = "home"
+    context_keys: tuple[str, ...] = ("mobile", "evening")
+    seeds_per_request: int = 3
+    seed: int = 0
+    token: str | None = None
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"rate must be a positive number of requests per second, got {self.rate}")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise ValueError(f"duration_s must be > 0 and warmup_s >= 0, got {self.duration_s}, {self.warmup_s}")
+        if not 0.0 <= self.reward_share <= 1.0:
+            raise ValueError(f"reward_share must be in 0..1, got {self.reward_share}")
+        if self.num_items < 1 or self.seeds_per_request < 0 or self.timeout_s <= 0:
+            raise ValueError("num_items must be >= 1, seeds_per_request >= 0 and timeout_s > 0")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one load run measured (latencies in milliseconds)."""
+
+    target: str
+    mode: str
+    concurrency: int
+    rate: float | None
+    duration_s: float
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    throughput: float
+    latency_ms: dict[str, float]
+    rewards: int
+    reward_errors: dict[str, int]
+    server_cpu_s_per_request: float | None
+    latencies_ms: list[float] = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The report without the raw latencies."""
+        out = asdict(self)
+        del out["latencies_ms"]
+        return out
+
+
+def catalog_item_ids(index: Path) -> list[str]:
+    """The item ids of an index artifact (or of the version a versions root's ``CURRENT`` names)."""
+    current = index / "CURRENT"
+    if current.exists():
+        index = index / current.read_text().strip()
+    path = index / "items.parquet"
+    try:
+        return [str(i) for i in pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist()]
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read item_id ({exc})") from exc
+
+
+def requests_for(spec: LoadSpec, item_ids: Sequence[str], count: int = 2048) -> list[scout_pb2.RecommendRequest]:
+    """A seeded pool of Recommend requests: 10,000 distinct units, seed items drawn from ``item_ids``."""
+    rng = np.random.default_rng(spec.seed)
+    out = []
+    for _ in range(count):
+        seeds = [item_ids[int(i)] for i in rng.integers(0, len(item_ids), spec.seeds_per_request)]
+        context = {key: float(rng.integers(0, 2)) for key in spec.context_keys}
+        out.append(
+            scout_pb2.RecommendRequest(
+                unit_id=f"bench-{int(rng.integers(0, 10_000)):05d}",
+                surface=spec.surface,
+                num_items=spec.num_items,
+                context=context,
+                seed_item_ids=seeds,
+            )
+        )
+    return out
+
+
+def _percentiles(latencies: np.ndarray) -> dict[str, float]:
+    if latencies.size == 0:
+        return {f"p{p:g}": float("nan") for p in PERCENTILES} | {"mean": float("nan")}
+    values = np.percentile(latencies, PERCENTILES)
+    return {f"p{p:g}": float(v) for p, v in zip(PERCENTILES, values, strict=True)} | {"mean": float(latencies.mean())}
+
+
+class _Recorder:
+    def __init__(self, measure_from: float, measure_to: float) -> None:
+        self.measure_from, self.measure_to = measure_from, measure_to
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.reward_codes: Counter[str] = Counter()
+
+    def counts(self, started: float) -> bool:
+        return self.measure_from <= started < self.measure_to
+
+
+async def _call(
+    stub: scout_pb2_grpc.RecommenderStub,
+    request: scout_pb2.RecommendRequest,
+    spec: LoadSpec,
+    metadata: tuple[tuple[str, str], ...],
+    recorder: _Recorder,
+    intended: float,
+    reward: bool,
+) -> None:
+    code = "OK"
+    reply = None
+    try:
+        reply = await stub.Recommend(request, timeout=spec.timeout_s, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+    done = time.perf_counter()
+    counted = recorder.counts(intended)
+    if counted:
+        recorder.codes[code] += 1
+        if code == "OK":
+            recorder.latencies.append((done - intended) * 1000.0)
+    if reward and reply is not None and reply.items:
+        reward_code = "OK"
+        try:
+            await stub.Reward(
+                scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=1.0),
+                timeout=spec.timeout_s,
+                metadata=metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            reward_code = exc.code().name
+        if counted:
+            recorder.reward_codes[reward_code] += 1
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
+
+
+async def run_load(
+    target: str,
+    spec: LoadSpec,
+    item_ids: Sequence[str],
+    server_pid: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> LoadReport:
+    """Send ``spec``'s load to ``target`` and measure it; ``server_pid`` adds the server's CPU per request.
+
+    ``progress`` is called about ten times a second with the fraction of the run done.
+    """
+    pool = requests_for(spec, item_ids)
+    rng = np.random.default_rng(spec.seed + 1)
+    rewarded = rng.random(len(pool)) < spec.reward_share
+    metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = scout_pb2_grpc.RecommenderStub(channel)
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        start = time.perf_counter()
+        recorder = _Recorder(start + spec.warmup_s, start + spec.warmup_s + spec.duration_s)
+        end = recorder.measure_to
+        cpu: dict[str, float | None] = {}
+
+        async def mark_cpu() -> None:
+            await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
+            cpu["from"] = _cpu_seconds(server_pid)
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            cpu["to"] = _cpu_seconds(server_pid)
+
+        async def report_progress() -> None:
+            while time.perf_counter() < end:
+                if progress is not None:
+                    progress(min(1.0, (time.perf_counter() - start) / (end - start)))
+                await asyncio.sleep(0.1)
+
+        helpers = [asyncio.create_task(mark_cpu()), asyncio.create_task(report_progress())]
+        if spec.rate is None:
+
+            async def caller(offset: int) -> None:
+                k = offset
+                while (now := time.perf_counter()) < end:
+                    i = k % len(pool)
+                    await _call(stub, pool[i], spec, metadata, recorder, now, bool(rewarded[i]))
+                    k += spec.concurrency
+
+            await asyncio.gather(*(caller(c) for c in range(spec.concurrency)))
+        else:
+            in_flight: set[asyncio.Task[None]] = set()
+            k = 0
+            while (intended := start + k / spec.rate) < end:
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                i = k % len(pool)
+                task = asyncio.create_task(_call(stub, pool[i], spec, metadata, recorder, intended, bool(rewarded[i])))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                k += 1
+            await asyncio.gather(*in_flight)
+        await asyncio.gather(*helpers)
+    latencies = np.asarray(recorder.latencies)
+    requests = sum(recorder.codes.values())
+    used = None
+    if cpu.get("from") is not None and cpu.get("to") is not None and requests:
+        used = (float(cpu["to"]) - float(cpu["from"])) / requests  # type: ignore[arg-type]
+    return LoadReport(
+        target=target,
+        mode="closed" if spec.rate is None else "open",
+        concurrency=spec.concurrency,
+        rate=spec.rate,
+        duration_s=spec.duration_s,
+        requests=requests,
+        ok=recorder.codes.get("OK", 0),
+        errors={code: n for code, n in recorder.codes.items() if code != "OK"},
+        throughput=recorder.codes.get("OK", 0) / spec.duration_s,
+        latency_ms=_percentiles(latencies),
+        rewards=sum(recorder.reward_codes.values()),
+        reward_errors={code: n for code, n in recorder.reward_codes.items() if code != "OK"},
+        server_cpu_s_per_request=used,
+        latencies_ms=recorder.latencies,
+    )
+
+
+# --- the echo floor ------------------------------------------------------------------------------------------
+
+
+class EchoService(scout_pb2_grpc.RecommenderServicer):
+    """Answers every Recommend with one canned response (parsed once) and every Reward with ``accepted``."""
+
+    def __init__(self, response: scout_pb2.RecommendResponse) -> None:
+        self.response = response
+
+    async def Recommend(self, request: Any, context: Any) -> scout_pb2.RecommendResponse:  # noqa: N802
+        """The canned response."""
+        return self.response
+
+    async def Reward(self, request: Any, context: Any) -> scout_pb2.RewardResponse:  # noqa: N802
+        """Accepted."""
+        return scout_pb2.RewardResponse(accepted=True)
+
+
+async def serve_echo(response: bytes, port: int) -> None:
+    """Serve the echo on 127.0.0.1:``port`` until cancelled (the process is killed by its parent)."""
+    server = grpc.aio.server()
+    scout_pb2_grpc.add_RecommenderServicer_to_server(
+        EchoService(scout_pb2.RecommendResponse.FromString(response)), server
+    )
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise RuntimeError(f"echo: cannot listen on 127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def echo_process(response: bytes) -> Any:
+    """Run the echo server in its own process; yields ``(target, pid)``."""
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(response)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "server.bench", f.name, str(port)])
+    try:
+        wait_serving(f"127.0.0.1:{port}", service=None, timeout_s=30, process=process)
+        yield f"127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        os.unlink(f.name)
+
+
+def wait_serving(
+    target: str, service: str | None = "", timeout_s: float = 60.0, process: subprocess.Popen[Any] | None = None
+) -> None:
+    """Wait until ``target`` accepts calls (and, unless ``service`` is None, health says SERVING)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    with grpc.insecure_channel(target) as channel:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the process serving {target} exited with {process.returncode}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                if service is None:
+                    return
+                check = health_pb2_grpc.HealthStub(channel).Check
+                if check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == 1:
+                    return
+            except (grpc.FutureTimeoutError, grpc.RpcError) as exc:
+                last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} was not serving after {timeout_s:g} s ({last})")
+
+
+# --- a whole comparison: Scout (spawned or given) and the echo, level by level ---------------------------------
+
+
+@contextlib.contextmanager
+def scout_processes(config: Path | None, index: Path | None, workdir: Path) -> Any:
+    """Start Redis, ``scout serve --no-background`` and ``scout worker`` (background work in its own process).
+
+    Yields ``(target, serve_pid)``; everything is stopped on exit.
+    """
+    from server.redis_server import RedisProcess
+
+    redis_process = RedisProcess(workdir / "redis")
+    env = dict(os.environ, SCOUT_REDIS_URL=redis_process.url, SCOUT_LOG_DIR=str(workdir / "logs"))
+    common = [*(["--config", str(config)] if config else []), *(["--index", str(index)] if index else [])]
+    scout = [sys.executable, "-m", "server.cli", "--log-level", "WARNING"]
+    port = free_port()
+    processes = []
+    try:
+        processes.append(subprocess.Popen([*scout, "serve", *common, "--port", str(port), "--no-background"], env=env))
+        processes.append(subprocess.Popen([*scout, "worker", *common], env=env))
+        wait_serving(f"127.0.0.1:{port}", "scout.v1.Recommender", timeout_s=300, process=processes[0])
+        yield f"127.0.0.1:{port}", processes[0].pid
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        redis_process.stop()
+
+
+def sample_response(target: str, spec: LoadSpec, item_ids: Sequence[str]) -> bytes:
+    """One real Recommend response of ``spec``'s shape, serialized: the echo answers with these bytes."""
+    metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
+    with grpc.insecure_channel(target) as channel:
+        reply = scout_pb2_grpc.RecommenderStub(channel).Recommend(
+            requests_for(spec, item_ids, count=1)[0], timeout=30, metadata=metadata
+        )
+    return bytes(reply.SerializeToString())
+
+
+def level_name(spec: LoadSpec) -> str:
+    """``c16`` for a closed loop at concurrency 16, ``r500`` for an open loop at 500 requests/s."""
+    return f"c{spec.concurrency}" if spec.rate is None else f"r{spec.rate:g}"
+
+
+def compare(
+    target: str,
+    specs: Sequence[LoadSpec],
+    item_ids: Sequence[str],
+    server_pid: int | None = None,
+    with_echo: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every spec against the echo (same response size) and then against ``target``; ratios per level."""
+    from tqdm import tqdm
+
+    results: list[dict[str, Any]] = []
+    response = sample_response(target, specs[0], item_ids)
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(echo_process(response)) if with_echo else None
+        for spec in specs:
+            level: dict[str, Any] = {"level": level_name(spec), "response_bytes": len(response)}
+            runs = ([("echo", *echo)] if echo is not None else []) + [("scout", target, server_pid)]
+            for name, address, pid in runs:
+                with tqdm(
+                    total=100, desc=f"{level['level']} {name}", unit="%", disable=not progress, leave=False
+                ) as bar:
+
+                    def tick(fraction: float, bar: Any = bar) -> None:
+                        bar.update(int(fraction * 100) - bar.n)
+
+                    report = asyncio.run(run_load(address, spec, item_ids, pid, tick))
+                level[name] = report
+            if echo is not None:
+                scout_report, echo_report = level["scout"], level["echo"]
+                level["ratios"] = {
+                    "p50": scout_report.latency_ms["p50"] / echo_report.latency_ms["p50"],
+                    "p99": scout_report.latency_ms["p99"] / echo_report.latency_ms["p99"],
+                    "throughput": scout_report.throughput / echo_report.throughput if echo_report.throughput else None,
+                }
+            results.append(level)
+    return results
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """A terminal table: one row per level and server, then the ratios."""
+    rows = [f"{'level':>6} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'cpu ms/req':>10} errors"]  # fmt: skip
+    for level in results:
+        for name in ("echo", "scout"):
+            if name not in level:
+                continue
+            r: LoadReport = level[name]
+            cpu = "-" if r.server_cpu_s_per_request is None else f"{r.server_cpu_s_per_request * 1000:.2f}"
+            lat = r.latency_ms
+            rows.append(
+                f"{level['level']:>6} {name:>6} {r.throughput:9.1f} {lat['p50']:8.2f} {lat['p90']:8.2f} "
+                f"{lat['p99']:8.2f} {lat['p99.9']:9.2f} {cpu:>10} {dict(r.errors) or 0}"
+            )
+        if "ratios" in level:
+            ratios = level["ratios"]
+            rows.append(
+                f"{level['level']:>6} {'ratio':>6} {ratios['throughput'] or float('nan'):9.2f} {ratios['p50']:8.2f} "
+                f"{'':>8} {ratios['p99']:8.2f}   (scout / echo)"
+            )
+    return "\n".join(rows)
+
+
+def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) -> list[Path]:
+    """Write ``out`` (JSON: machine, levels, reports, ratios) and a latency-CDF plot next to it (PNG)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    levels = []
+    for level in results:
+        entry = {k: (v.summary() if isinstance(v, LoadReport) else v) for k, v in level.items()}
+        levels.append(entry)
+    out.write_text(json_dumps({"machine": machine, "levels": levels}))
+    written = [out]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots need the report extra; the JSON is complete without them
+        return written
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, level in zip(axes[0], results, strict=True):
+        for name, style in (("echo", "--"), ("scout", "-")):
+            if name in level and level[name].latencies_ms:
+                values = np.sort(np.asarray(level[name].latencies_ms))
+                ax.plot(values, np.arange(1, values.size + 1) / values.size, style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(level["level"])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return [*written, png]
+
+
+def json_dumps(value: Any) -> str:
+    """JSON with NaN written as null."""
+    import json
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=2) + "\n"
+
+
+def machine() -> dict[str, Any]:
+    """The machine a benchmark ran on: cores, load averages, memory, Python, grpc."""
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "grpc": grpc.__version__,
+        "platform": platform.platform(),
+    }
+
+
+if __name__ == "__main__":  # the echo process: python -m server.bench RESPONSE_FILE PORT
+    asyncio.run(serve_echo(Path(sys.argv[1]).read_bytes(), int(sys.argv[2])))

@@ -1,0 +1,172 @@
+"""Prometheus metrics: RPC counts and latencies by method and status, decisions, exposure, versions and lags.
+
+Each server process keeps its own registry and serves it at ``http://metrics_host:metrics_port/metrics``; the
+README's "Metrics" section lists every series. RPCs are measured by :class:`RpcMetrics`, a server interceptor, so
+every service and status code (UNAUTHENTICATED included) is counted without touching the handlers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from server.logs import MAX_REQUEST_ID_CHARS, REQUEST_ID_KEY, request_id
+
+#: Latency buckets (seconds): fine below 10 ms, where Recommend should live.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The process's metric families, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "scout_rpc_requests", "RPCs handled, by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "scout_rpc_latency_seconds",
+            "Server-side RPC latency, by method and status code",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slots = Counter(
+            "scout_served_slots",
+            "Slots served, by experiment, variant and whether the item's creator is emerging",
+            ["experiment", "variant", "emerging"],
+            registry=r,
+        )
+        self.emerging_share = Gauge(
+            "scout_emerging_exposure_share",
+            "Share of slots served to emerging creators since this process started, by experiment",
+            ["experiment"],
+            registry=r,
+        )
+        self.rewards = Counter(
+            "scout_rewards", "Rewards received, by outcome (accepted, duplicate, late)", ["outcome"], registry=r
+        )
+        self.fallbacks = Gauge(
+            "scout_policy_fallbacks", "Slates served uniformly because a policy's numbers were not finite", registry=r
+        )
+        self.policy_version = Gauge(
+            "scout_policy_version",
+            "Version of the policy snapshot each variant serves",
+            ["experiment", "variant", "policy"],
+            registry=r,
+        )
+        self.index = Info("scout_index", "The index version being served", registry=r)
+        self.pending = Gauge("scout_pending_decisions", "Decisions waiting for their reward window", registry=r)
+        self.join_lag = Gauge(
+            "scout_join_lag_seconds", "How far the oldest pending decision is past its due time", registry=r
+        )
+        self.learner_lag = Gauge(
+            "scout_learner_lag_seconds",
+            "How much older the learner's position is than the newest joined decision",
+            registry=r,
+        )
+        self._served: dict[str, list[int]] = {}
+        self._http: Any = None
+
+    def served(self, experiment: str, variant: str, emerging: list[bool]) -> None:
+        """Count one served slate's slots."""
+        flagged = sum(emerging)
+        if flagged:
+            self.slots.labels(experiment, variant, "true").inc(flagged)
+        if len(emerging) > flagged:
+            self.slots.labels(experiment, variant, "false").inc(len(emerging) - flagged)
+        totals = self._served.setdefault(experiment, [0, 0])
+        totals[0] += flagged
+        totals[1] += len(emerging)
+        self.emerging_share.labels(experiment).set(totals[0] / totals[1] if totals[1] else 0.0)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP on a daemon thread; returns the bound port (``port=0`` picks one)."""
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving ``/metrics``."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def _method_name(full: str) -> str:
+    """``/scout.v1.Recommender/Recommend`` -> ``scout.v1.Recommender/Recommend``."""
+    return full.lstrip("/") or "unknown"
+
+
+def _start(context: Any) -> tuple[float, contextvars.Token[str]]:
+    """Set this RPC's request id (the caller's ``x-request-id`` or a new one) and echo it in trailing metadata."""
+    rid = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            rid = (value if isinstance(value, str) else value.decode("latin-1"))[:MAX_REQUEST_ID_CHARS]
+            break
+    rid = rid or uuid.uuid4().hex[:16]
+    context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+    return time.perf_counter(), request_id.set(rid)
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Count every RPC and time it, labelled by method and final status code; give each RPC its request id."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def _observe(self, method: str, context: Any, started: float, failed: bool) -> None:
+        code = context.code()
+        if code is None:
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.metrics.requests.labels(method, name).inc()
+        self.metrics.latency.labels(method, name).observe(time.perf_counter() - started)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap unary-response handlers (every Scout RPC) with a timer; pass streaming responses through."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.response_streaming:
+            return handler
+        method = _method_name(handler_call_details.method or "")
+        if handler.request_streaming:
+            inner: Any = handler.stream_unary
+
+            async def timed_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                (started, token), failed = _start(context), True
+                try:
+                    response = await inner(requests, context)
+                    failed = False
+                    return response
+                finally:
+                    self._observe(method, context, started, failed)
+                    request_id.reset(token)
+
+            return grpc.stream_unary_rpc_method_handler(
+                timed_stream, handler.request_deserializer, handler.response_serializer
+            )
+        unary: Any = handler.unary_unary
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            (started, token), failed = _start(context), True
+            try:
+                response = await unary(request, context)
+                failed = False
+                return response
+            finally:
+                self._observe(method, context, started, failed)
+                request_id.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(timed, handler.request_deserializer, handler.response_serializer)

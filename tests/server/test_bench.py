@@ -1,0 +1,56 @@
+"""The load generator against a real server on port 0 and a real echo process."""
+
+import json
+
+import pytest
+
+from server import bench
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None:
+    item_ids = bench.catalog_item_ids(index_dir)
+    base = bench.LoadSpec(duration_s=0.6, warmup_s=0.2, num_items=4, reward_share=0.5, context_keys=("mobile",))
+    specs = [
+        base,
+        bench.LoadSpec(**{**base.__dict__, "concurrency": 3}),
+        bench.LoadSpec(**{**base.__dict__, "rate": 50.0}),
+    ]
+    results = bench.compare(scout.target, specs, item_ids, progress=False)
+    assert [level["level"] for level in results] == ["c1", "c3", "r50"]
+    for level in results:
+        for name in ("echo", "scout"):
+            report = level[name]
+            assert report.requests > 0 and report.ok == report.requests and report.errors == {}
+            lat = report.latency_ms
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"]
+            assert report.throughput == pytest.approx(report.ok / report.duration_s)
+        assert level["scout"].rewards > 0 and level["scout"].reward_errors == {}
+        assert level["ratios"]["p50"] > 0 and level["ratios"]["throughput"] > 0
+    open_loop = results[2]["scout"]
+    assert open_loop.mode == "open" and abs(open_loop.requests - 30) <= 2  # the schedule, not the answers, sets it
+    # The echo answers with the bytes of a real response of the same shape (sizes vary a little with the variant).
+    assert 0.8 < results[0]["response_bytes"] / len(bench.sample_response(scout.target, base, item_ids)) < 1.25
+
+    written = bench.save(results, tmp_path / "bench.json", bench.machine())
+    saved = json.loads(written[0].read_text())
+    assert saved["machine"]["cpus"] >= 1 and len(saved["levels"]) == 3
+    assert saved["levels"][1]["scout"]["concurrency"] == 3 and "latencies_ms" not in saved["levels"][1]["scout"]
+    assert written[1].suffix == ".png" and written[1].stat().st_size > 0
+    assert "ratio" in bench.table(results)
+
+
+def test_errors_are_counted_by_status_code(scout, index_dir) -> None:
+    spec = bench.LoadSpec(duration_s=0.5, warmup_s=0.0, surface="attic", context_keys=())
+    report = __import__("asyncio").run(bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir)))
+    assert report.ok == 0 and set(report.errors) == {"NOT_FOUND"} and report.errors["NOT_FOUND"] == report.requests
+
+
+def test_bad_specs_are_refused() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        bench.LoadSpec(concurrency=0)
+    with pytest.raises(ValueError, match="rate"):
+        bench.LoadSpec(rate=-1.0)
+    with pytest.raises(ValueError, match="reward_share"):
+        bench.LoadSpec(reward_share=2.0)
