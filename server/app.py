@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,6 +26,7 @@ from server.security import TokenAuth, load_tokens, server_credentials
 from server.service import RecommenderService
 from server.settings import Settings
 from server.store import Store
+from server.supervisor import WORKER_INDEX_ENV
 from server.validation import add_recommender_to_server
 from server.worker import Background, redis_client, start_background
 
@@ -130,13 +132,16 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     metrics = Metrics()
     try:
         credentials = server_credentials(settings.security)  # bad files fail here, before anything listens
-        interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetrics(metrics)]  # outermost: counts refusals too
+        worker = os.environ.get(WORKER_INDEX_ENV)  # set by `scout serve --workers N` for each serving process
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetrics(metrics, worker)]  # outermost: counts refusals
         if settings.security.tokens_file is not None:
             interceptors.append(TokenAuth(load_tokens(settings.security.tokens_file)))
         await store.client.ping()
         policies = PolicyBook(settings, index.dim)
         await refresh_policies(store, policies)
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server(
+            interceptors=interceptors, options=[("grpc.so_reuseport", 1 if settings.server.reuse_port else 0)]
+        )
         service = RecommenderService(
             Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads, metrics
         )

@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics-port", type=port_number, help="serve Prometheus metrics on this HTTP port (0 picks a free one)"
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes sharing the port with SO_REUSEPORT, plus one `scout worker` for the background "
+        "loops (default 1: a single process); needs a fixed --port",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set by --workers)")
+    serve.add_argument(
         "--no-background",
         action="store_true",
         help="serve requests only; run the joiner, learner and exporter elsewhere",
@@ -279,6 +287,16 @@ def _serve(args: argparse.Namespace) -> None:
         settings = replace(settings, index=args.index)
     if args.metrics_port is not None:
         settings = replace(settings, server=replace(settings.server, metrics_port=args.metrics_port))
+    if args.reuse_port:
+        settings = replace(settings, server=replace(settings.server, reuse_port=True))
+    if args.workers != 1:
+        from server.supervisor import run_workers
+
+        if settings.server.metrics_port not in (None, 0):
+            raise ValueError("with --workers, metrics_port must be unset or 0 (each process serves its own)")
+        log_args = ("--log-level", args.log_level, "--log-format", args.log_format)
+        run_workers(settings, args.workers, args.config, not args.no_background, log_args)
+        return
 
     async def serve() -> None:
         server = await start_server(settings, background=not args.no_background)

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from server.logs import MAX_REQUEST_ID_CHARS, REQUEST_ID_KEY, request_id
 
+#: Trailing metadata naming the serving process under ``scout serve --workers N``.
+WORKER_KEY = "x-scout-worker"
 #: Latency buckets (seconds): fine below 10 ms, where Recommend should live.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -105,23 +107,24 @@ def _method_name(full: str) -> str:
     return full.lstrip("/") or "unknown"
 
 
-def _start(context: Any) -> tuple[float, contextvars.Token[str]]:
-    """Set this RPC's request id (the caller's ``x-request-id`` or a new one) and echo it in trailing metadata."""
+def _start(context: Any, worker: str | None) -> tuple[float, contextvars.Token[str]]:
+    """Set this RPC's request id (the caller's ``x-request-id`` or a new one); echo it (and the worker index)."""
     rid = ""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY:
             rid = (value if isinstance(value, str) else value.decode("latin-1"))[:MAX_REQUEST_ID_CHARS]
             break
     rid = rid or uuid.uuid4().hex[:16]
-    context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+    trailing = ((REQUEST_ID_KEY, rid),) if worker is None else ((REQUEST_ID_KEY, rid), (WORKER_KEY, worker))
+    context.set_trailing_metadata(trailing)
     return time.perf_counter(), request_id.set(rid)
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
     """Count every RPC and time it, labelled by method and final status code; give each RPC its request id."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, metrics: Metrics, worker: str | None = None) -> None:
+        self.metrics, self.worker = metrics, worker
 
     def _observe(self, method: str, context: Any, started: float, failed: bool) -> None:
         code = context.code()
@@ -145,7 +148,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             inner: Any = handler.stream_unary
 
             async def timed_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                (started, token), failed = _start(context), True
+                (started, token), failed = _start(context, self.worker), True
                 try:
                     response = await inner(requests, context)
                     failed = False
@@ -160,7 +163,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         unary: Any = handler.unary_unary
 
         async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            (started, token), failed = _start(context), True
+            (started, token), failed = _start(context, self.worker), True
             try:
                 response = await unary(request, context)
                 failed = False

@@ -132,6 +132,7 @@ class ServerSettings:
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
     index_watch_interval_s: PositiveFloat = 2.0
     metrics_port: Annotated[int, Bounds(ge=0, le=65535)] | None = None
+    reuse_port: bool = False
     metrics_host: str = "127.0.0.1"
 
 

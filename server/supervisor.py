@@ -1,0 +1,117 @@
+"""``scout serve --workers N``: N serving processes on one port (SO_REUSEPORT), one background process, one Redis.
+
+The parent process serves nothing itself. It starts the embedded Redis when no ``redis_url`` is set (so every
+process shares it), a ``scout worker`` process for the joiner, learner and exporter (unless ``--no-background``),
+and N ``scout serve --no-background`` processes bound to the same port with ``SO_REUSEPORT``: the kernel spreads
+new connections over them. Each serving process answers with the trailing metadata ``x-scout-worker`` (its index).
+
+SIGTERM or SIGINT to the parent is passed on to every child; each drains its in-flight requests and the worker
+flushes its logs, as a single ``scout serve`` does. A child that exits unexpectedly is restarted after a short,
+growing delay, and the restart is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.redis_server import RedisProcess
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+WORKER_INDEX_ENV = "SCOUT_WORKER_INDEX"
+MAX_RESTART_DELAY_S = 10.0
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+
+
+def run_workers(
+    settings: Settings,
+    workers: int,
+    config: Path | None,
+    background: bool = True,
+    log_args: tuple[str, ...] = (),
+) -> int:
+    """Supervise ``workers`` serving processes (and the background worker) until SIGTERM/SIGINT; returns 0."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    port = settings.server.port
+    if port == 0:
+        raise ValueError("--workers needs a fixed --port: each process binds the same one (SO_REUSEPORT)")
+    redis_process = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        redis_process = RedisProcess(
+            settings.data_dir, appendfsync=settings.redis_appendfsync, maxmemory=settings.redis_maxmemory
+        )
+        env["SCOUT_REDIS_URL"] = redis_process.url
+    env.update(SCOUT_INDEX=str(settings.index), SCOUT_HOST=settings.server.host, SCOUT_PORT=str(port))
+    env["SCOUT_LOG_DIR"] = str(settings.export.log_dir)
+    if settings.server.metrics_port is not None:
+        env["SCOUT_METRICS_PORT"] = "0"  # one port per process; each logs its own
+    scout = [sys.executable, "-m", "server.cli", *log_args]
+    common = ["--config", str(config)] if config is not None else []
+    serve = [*scout, "serve", *common, "--no-background", "--reuse-port"]
+    children = [_Child(f"serve-{k}", serve, env | {WORKER_INDEX_ENV: str(k)}) for k in range(workers)]
+    if background:
+        children.append(_Child("worker", [*scout, "worker", *common], env))
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for child in children:
+            child.start()
+        log.info("%d serving processes on %s:%d%s", workers, settings.server.host, port, " + worker" * background)
+        while not stopping:
+            time.sleep(0.2)
+            for child in children:
+                assert child.process is not None
+                code = child.process.poll()
+                if code is None or stopping:
+                    continue
+                delay = min(MAX_RESTART_DELAY_S, 0.5 * 2**child.restarts)
+                if time.monotonic() - child.started_at > 60:
+                    child.restarts, delay = 0, 0.5  # it ran a while: not a crash loop
+                log.error("%s exited with %s; restarting in %.1f s", child.name, code, delay)
+                time.sleep(delay)
+                child.restarts += 1
+                child.start()
+    finally:
+        for child in children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in children:
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    log.error("%s did not stop within 60 s; killing it", child.name)
+                    child.process.kill()
+        if redis_process is not None:
+            redis_process.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("all serving processes stopped")
+    return 0

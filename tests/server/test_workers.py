@@ -1,0 +1,89 @@
+"""``scout serve --workers 2``: two serving processes on one port share the traffic and the state (real processes)."""
+
+import collections
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from test_faults import PREFIX, Proc, drained, exported, free_port, wait_for, write_config
+
+from server.pb import scout_pb2, scout_pb2_grpc
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+
+def test_two_workers_on_one_port_share_traffic_and_state(index_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "scout.toml", index_dir, tmp_path, port=port
+    )  # embedded Redis, owned by the parent
+    parent = Proc(["serve", "--config", str(config), "--workers", "2"], tmp_path / "serve.log", port)
+    channels = []
+    try:
+        parent.wait_serving()
+        # Each channel owns its connection, and the kernel spreads connections over the two processes.
+        channels = [
+            grpc.insecure_channel(parent.target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(24)
+        ]
+        stubs = [scout_pb2_grpc.RecommenderStub(c) for c in channels]
+        served_by: collections.Counter[str] = collections.Counter()
+        crossed = 0  # rewards taken by the other process than the one that made the decision
+        sent: dict[str, tuple[str, float]] = {}
+        for k, stub in enumerate(stubs):
+            request = scout_pb2.RecommendRequest(
+                unit_id=f"user-{k}", surface="home", num_items=3, seed_item_ids=["item-0000001"]
+            )
+            reply, call = stub.Recommend.with_call(request, timeout=30)
+            worker = dict(call.trailing_metadata())["x-scout-worker"]
+            served_by[worker] += 1
+            # The reward goes over another connection, often to the other process: state is shared through Redis.
+            other = stubs[(k + 1) % len(stubs)]
+            value = float(k + 1)
+            answer, reward_call = other.Reward.with_call(
+                scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=value),
+                timeout=30,
+            )
+            assert answer.accepted and not answer.duplicate
+            crossed += dict(reward_call.trailing_metadata())["x-scout-worker"] != worker
+            sent[reply.event_id] = (reply.items[0].item_id, value)
+        assert set(served_by) == {"0", "1"} and crossed > 0, (served_by, crossed)  # both served; state is shared
+        client = redis.Redis(unix_socket_path=str(tmp_path / "redis" / "redis.sock"))
+        wait_for(lambda: drained(client) and client.hget(f"{PREFIX}:learner", "position") is not None, 60, "drain")
+        client.close()
+    finally:
+        for channel in channels:
+            channel.close()
+        assert parent.terminate(timeout_s=60) == 0  # SIGTERM reaches every child; each drains and exits cleanly
+    rows = exported(tmp_path / "logs", ["event_id", "item_ids", "rewards", "reward_observed"])
+    counts = collections.Counter(r["event_id"] for r in rows)
+    assert set(counts) == set(sent) and max(counts.values()) == 1  # every decision exported exactly once
+    for row in rows:
+        item, value = sent[row["event_id"]]
+        assert row["rewards"][row["item_ids"].index(item)] == value and sum(row["reward_observed"]) == 1
+    log = parent.log.read_text()
+    assert "2 serving processes" in log and "all serving processes stopped" in log
+
+
+def test_workers_need_a_fixed_port(index_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "scout.toml", index_dir, tmp_path, port=0)
+    proc = Proc(["serve", "--config", str(config), "--workers", "2"], tmp_path / "serve.log")
+    assert proc.process.wait(timeout=60) == 2
+    proc.out.close()
+    assert "--workers needs a fixed --port" in proc.log.read_text()
+
+
+def test_a_single_server_does_not_share_its_port_by_accident(index_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "scout.toml", index_dir, tmp_path, port=port)
+    first = Proc(["serve", "--config", str(config)], tmp_path / "first.log", port)
+    try:
+        first.wait_serving()
+        (tmp_path / "second").mkdir()
+        second_config = write_config(tmp_path / "second.toml", index_dir, tmp_path / "second", port=port)
+        second = Proc(["serve", "--config", str(second_config)], tmp_path / "second.log", port)
+        code = second.process.wait(timeout=60)
+        second.out.close()
+        assert code != 0 and "bind to address" in second.log.read_text()
+    finally:
+        first.terminate()
