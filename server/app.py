@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from embeddings.index import IndexArtifact
+from server.admin import AdminService
 from server.exporter import Exporter
 from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
@@ -32,6 +33,7 @@ from server.worker import Background, redis_client, start_background
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scout_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+ADMIN_NAME = scout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 @dataclass
@@ -53,6 +55,7 @@ class ScoutServer:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     serving: bool = True
     health_task: asyncio.Task[None] | None = None
+    reloader: IndexReloader | None = None
     metrics: Metrics = field(default_factory=Metrics)
     metrics_port: int | None = None
 
@@ -146,9 +149,11 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
             Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads, metrics
         )
         add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
+        admin = AdminService()
+        add_recommender_to_server(admin, server, "Admin")
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        enable_reflection((SERVICE_NAME, ADMIN_NAME, health.SERVICE_NAME), server)
         address = f"{settings.server.host}:{settings.server.port}"
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -167,6 +172,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
 
     identity = process_identity()
     running = ScoutServer(settings, port, server, store, redis_process, identity, service, metrics=metrics)
+    admin.server = running
     stop = running.stop_event
     if settings.server.metrics_port is not None:
         running.metrics_port = metrics.serve_http(settings.server.metrics_host, settings.server.metrics_port)
@@ -178,6 +184,7 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
     versions = IndexVersions(index, versions_root(settings.index))
     if versions.root is not None:
         reloader = IndexReloader(versions.root, service, versions, settings)
+        running.reloader = reloader
         running.loops.append(Loop("index-reloader", reloader.step, stop))
         running.loops[-1].start()
     if background:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from dataclasses import replace
@@ -335,6 +334,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _reload_index(args: argparse.Namespace) -> None:
     from embeddings.index import CURRENT, IndexArtifact
+    from server.indexes import point_current
 
     published = IndexArtifact.versions(args.index)
     if args.version is None:
@@ -344,9 +344,7 @@ def _reload_index(args: argparse.Namespace) -> None:
         return
     if args.version not in published:
         raise ValueError(f"--version {args.version!r} is not published under {args.index} (have {published})")
-    pointer = args.index / f".{CURRENT}.tmp"
-    pointer.write_text(args.version + "\n")
-    os.replace(pointer, args.index / CURRENT)
+    point_current(args.index, args.version)
     log.info(
         "%s now names %s; servers watching it swap within their watch interval", args.index / CURRENT, args.version
     )

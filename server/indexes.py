@@ -8,6 +8,7 @@ directory :meth:`embeddings.index.IndexArtifact.publish` writes) on demand, keep
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -84,3 +85,10 @@ class IndexVersions:
         self._cache.move_to_end(artifact.version)
         while len(self._cache) > self.keep:
             self._cache.popitem(last=False)
+
+
+def point_current(root: Path, version: str) -> None:
+    """Atomically point ``root/CURRENT`` at ``version`` (servers watching the root swap it in)."""
+    pointer = root / f".{CURRENT}.tmp"
+    pointer.write_text(version + "\n")
+    os.replace(pointer, root / CURRENT)

@@ -260,6 +260,7 @@ class Refresher:
         self.store, self.policies, self.interval_s = store, policies, interval_s
 
     async def step(self) -> float:
-        """Swap in newer snapshots; returns the poll interval."""
+        """Swap in newer snapshots and the paused variants; returns the poll interval."""
         await refresh_policies(self.store, self.policies)
+        self.policies.paused = await self.store.paused()
         return self.interval_s

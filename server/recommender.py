@@ -19,7 +19,7 @@ from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
 from server.assignment import assign
 from server.errors import FailedPrecondition
-from server.settings import Experiment, Settings
+from server.settings import Experiment, Settings, Variant
 from server.validation import MAX_ID_CHARS, MAX_IDS, check_recommend
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class PolicyBook:
 
     def __init__(self, settings: Settings, embedding_dim: int) -> None:
         self._policies: dict[tuple[str, str], Policy] = {}
+        #: Paused (experiment, variant) pairs, refreshed from Redis; replaced whole.
+        self.paused: frozenset[tuple[str, str]] = frozenset()
         for experiment in settings.experiments:
             dim = feature_dim(embedding_dim, len(experiment.context_keys))
             for v in experiment.variants:
@@ -119,6 +121,9 @@ class Recommender:
         """Assign, retrieve, rank; the returned record holds everything needed to replay the decision."""
         experiment = self.validate(request)
         variant = assign(experiment, request.unit_id)
+        paused = self.policies.paused
+        if paused and (experiment.name, variant.name) in paused:
+            variant = self.stand_in(experiment, paused)
         policy = self.policies.get(experiment.name, variant.name)
         index = self.index
         seeds = [i for i in request.seed_item_ids if index.has(i)]
@@ -165,6 +170,14 @@ class Recommender:
             "default_reward": self.settings.join.default_reward,
         }
         return Decision(record, tuple(slate.scores[slate.indices].tolist()))
+
+    @staticmethod
+    def stand_in(experiment: Experiment, paused: frozenset[tuple[str, str]]) -> Variant:
+        """The variant serving a paused variant's units: the experiment's first unpaused one."""
+        for candidate in experiment.variants:
+            if (experiment.name, candidate.name) not in paused:
+                return candidate
+        raise FailedPrecondition(f"every variant of experiment {experiment.name!r} is paused")
 
     def _rank(self, policy: Policy, candidates: Candidates, num_items: int, seed: int, key: tuple[str, str]) -> Slate:
         """The policy's slate, or a uniformly random one when the policy's numbers are not finite.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,6 +81,8 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         metrics: Metrics | None = None,
     ) -> None:
         self.recommender, self.store, self.join, self.metrics = recommender, store, join, metrics
+        #: What this process served and recorded since it started (the Admin service reports them).
+        self.counters: collections.Counter[str] = collections.Counter()
         # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="scout-decide")
 
@@ -107,6 +110,8 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         await self.store.record_decision(record, due, self.join.decision_stream_maxlen, self.join.pending_ttl_s)
         if _gone(context) and await self.store.unrecord_decision(record["event_id"]):
             raise ClientGone("the deadline passed (or the call was cancelled) while logging; decision withdrawn")
+        self.counters["decisions"] += 1
+        self.counters[f"decisions/{record['experiment']}/{record['variant']}"] += 1
         if self.metrics is not None:
             self.metrics.served(record["experiment"], record["variant"], record["emerging"])
         items = [
@@ -181,8 +186,10 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
             raise InvalidArgument(f"item_id {echo(request.item_id)} was not served in event {echo(request.event_id)}")
         late = outcome in (LATE, LATE_DUPLICATE)
         duplicate = outcome in (DUPLICATE, LATE_DUPLICATE)
+        outcome_name = "late" if late else "duplicate" if duplicate else "accepted"
+        self.counters[f"rewards/{outcome_name}"] += 1
         if self.metrics is not None:
-            self.metrics.rewards.labels("late" if late else "duplicate" if duplicate else "accepted").inc()
+            self.metrics.rewards.labels(outcome_name).inc()
         return scout_pb2.RewardResponse(accepted=True, duplicate=duplicate, late=late)
 
 

@@ -143,6 +143,7 @@ class Store:
         self.learner = f"{self.prefix}:learner"
         self.lease = f"{self.prefix}:learner:lease"
         self.inflight = f"{self.prefix}:export:inflight"
+        self.paused_key = f"{self.prefix}:paused"
         self._record = client.register_script(_RECORD)
         self._unrecord = client.register_script(_UNRECORD)
         self._reward = client.register_script(_REWARD)
@@ -223,6 +224,19 @@ class Store:
                 position_ms = int(first[0][0].split(b"-")[0]) - 1
             learner_lag = max(0.0, (newest_ms - position_ms) / 1000)
         return int(pending), join_lag, learner_lag
+
+    async def set_paused(self, experiment: str, variant: str, paused: bool) -> None:
+        """Pause (or resume) a variant for every process sharing this Redis."""
+        field = f"{experiment}\t{variant}"
+        if paused:
+            await self.client.hset(self.paused_key, field, "1")
+        else:
+            await self.client.hdel(self.paused_key, field)
+
+    async def paused(self) -> frozenset[tuple[str, str]]:
+        """The paused (experiment, variant) pairs."""
+        fields: Any = await self.client.hkeys(self.paused_key)
+        return frozenset(tuple(f.decode().split("\t", 1)) for f in fields)
 
     def policy_key(self, experiment: str, variant: str) -> str:
         """Key of a variant's policy snapshot."""

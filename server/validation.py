@@ -165,14 +165,14 @@ def _guard(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any],
     return handler
 
 
-def add_recommender_to_server(servicer: Any, server: grpc.aio.Server) -> None:
-    """Register the ``scout.v1.Recommender`` methods of ``servicer`` with tolerant request decoding.
+def add_recommender_to_server(servicer: Any, server: grpc.aio.Server, name: str = "Recommender") -> None:
+    """Register the methods of ``servicer`` for service ``scout.v1.<name>`` with tolerant request decoding.
 
     Like the generated ``add_RecommenderServicer_to_server``, except that a request that does not decode is
     answered INVALID_ARGUMENT ("request is not a valid ...") instead of gRPC's UNKNOWN (in a client stream, that
     message's outcome says so). Covers every method the ``.proto`` declares.
     """
-    service = scout_pb2.DESCRIPTOR.services_by_name["Recommender"]
+    service = scout_pb2.DESCRIPTOR.services_by_name[name]
     handlers = {}
     for method in service.methods:
         parse = _parse(getattr(scout_pb2, method.input_type.name))

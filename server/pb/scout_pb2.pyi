@@ -106,3 +106,94 @@ class RewardStreamResponse(_message.Message):
     accepted: int
     rejected: int
     def __init__(self, outcomes: _Optional[_Iterable[_Union[RewardOutcome, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VariantInfo(_message.Message):
+    __slots__ = ("name", "weight", "policy", "policy_version", "params_json", "paused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    policy: str
+    policy_version: int
+    params_json: str
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ..., policy: _Optional[str] = ..., policy_version: _Optional[int] = ..., params_json: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class ExperimentInfo(_message.Message):
+    __slots__ = ("name", "surfaces", "salt", "candidates", "context_keys", "variants")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SURFACES_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    surfaces: _containers.RepeatedScalarFieldContainer[str]
+    salt: str
+    candidates: int
+    context_keys: _containers.RepeatedScalarFieldContainer[str]
+    variants: _containers.RepeatedCompositeFieldContainer[VariantInfo]
+    def __init__(self, name: _Optional[str] = ..., surfaces: _Optional[_Iterable[str]] = ..., salt: _Optional[str] = ..., candidates: _Optional[int] = ..., context_keys: _Optional[_Iterable[str]] = ..., variants: _Optional[_Iterable[_Union[VariantInfo, _Mapping]]] = ...) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments", "index_version")
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentInfo]
+    index_version: str
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class SetVariantPausedRequest(_message.Message):
+    __slots__ = ("experiment", "variant", "paused")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    variant: str
+    paused: bool
+    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class SetVariantPausedResponse(_message.Message):
+    __slots__ = ("paused",)
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    paused: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, paused: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReloadIndexRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class ReloadIndexResponse(_message.Message):
+    __slots__ = ("index_version", "swapped")
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    index_version: str
+    swapped: bool
+    def __init__(self, index_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
+
+class GetCountersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCountersResponse(_message.Message):
+    __slots__ = ("counters",)
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, counters: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -190,3 +190,218 @@ class Recommender:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operations on a running server, protected like the Recommender (TLS, tokens). Each call acts on the process that
+    answers it; what it changes in the shared state (pauses, the index pointer) reaches every process within its
+    refresh or watch interval.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListExperiments = channel.unary_unary(
+                '/scout.v1.Admin/ListExperiments',
+                request_serializer=server_dot_pb_dot_scout__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.SetVariantPaused = channel.unary_unary(
+                '/scout.v1.Admin/SetVariantPaused',
+                request_serializer=server_dot_pb_dot_scout__pb2.SetVariantPausedRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.SetVariantPausedResponse.FromString,
+                _registered_method=True)
+        self.ReloadIndex = channel.unary_unary(
+                '/scout.v1.Admin/ReloadIndex',
+                request_serializer=server_dot_pb_dot_scout__pb2.ReloadIndexRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.ReloadIndexResponse.FromString,
+                _registered_method=True)
+        self.GetCounters = channel.unary_unary(
+                '/scout.v1.Admin/GetCounters',
+                request_serializer=server_dot_pb_dot_scout__pb2.GetCountersRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.GetCountersResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operations on a running server, protected like the Recommender (TLS, tokens). Each call acts on the process that
+    answers it; what it changes in the shared state (pauses, the index pointer) reaches every process within its
+    refresh or watch interval.
+    """
+
+    def ListExperiments(self, request, context):
+        """Experiments, their variants, each variant's policy and snapshot version, what is paused, the index version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVariantPaused(self, request, context):
+        """Pause or resume a variant in every process sharing the Redis. A paused variant's units are served by the first
+        unpaused variant of the experiment, and those decisions are logged under the variant that served them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadIndex(self, request, context):
+        """Serve the index version CURRENT names now, after pointing CURRENT at `version` when one is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCounters(self, request, context):
+        """Counters of the answering process and of the shared state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'SetVariantPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVariantPaused,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.SetVariantPausedRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.SetVariantPausedResponse.SerializeToString,
+            ),
+            'ReloadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadIndex,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.ReloadIndexRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.ReloadIndexResponse.SerializeToString,
+            ),
+            'GetCounters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCounters,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.GetCountersRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.GetCountersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'scout.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('scout.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operations on a running server, protected like the Recommender (TLS, tokens). Each call acts on the process that
+    answers it; what it changes in the shared state (pauses, the index pointer) reaches every process within its
+    refresh or watch interval.
+    """
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Admin/ListExperiments',
+            server_dot_pb_dot_scout__pb2.ListExperimentsRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVariantPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Admin/SetVariantPaused',
+            server_dot_pb_dot_scout__pb2.SetVariantPausedRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.SetVariantPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Admin/ReloadIndex',
+            server_dot_pb_dot_scout__pb2.ReloadIndexRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.ReloadIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCounters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Admin/GetCounters',
+            server_dot_pb_dot_scout__pb2.GetCountersRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.GetCountersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

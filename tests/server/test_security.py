@@ -99,6 +99,11 @@ def test_token_protected_server_refuses_clients_without_the_token(index_dir, cle
             assert _code(lambda: stub.Recommend(REQUEST, metadata=basic)) == grpc.StatusCode.UNAUTHENTICATED
             rewards = iter([scout_pb2.RewardRequest(event_id="e", item_id="i")])
             assert _code(lambda: stub.RewardStream(rewards)) == grpc.StatusCode.UNAUTHENTICATED
+            admin = scout_pb2_grpc.AdminStub(channel)
+            listing = scout_pb2.ListExperimentsRequest()
+            assert _code(lambda: admin.ListExperiments(listing)) == grpc.StatusCode.UNAUTHENTICATED
+            good = (("authorization", "Bearer secret-two"),)
+            assert admin.ListExperiments(listing, metadata=good).experiments[0].name == "home-ranking"
             for token in ("secret-one", "secret-two"):
                 reply = stub.Recommend(REQUEST, metadata=(("authorization", f"Bearer {token}"),))
                 assert len(reply.items) == 2
