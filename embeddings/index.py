@@ -89,6 +89,7 @@ class IndexArtifact:
         self._position = {item: i for i, item in enumerate(self.item_ids.tolist())}
         self._catalog_mean: np.ndarray | None = None
         self._live_bits: np.ndarray | None = None
+        self._n_removed: int | None = None
 
     @property
     def version(self) -> str:
@@ -345,6 +346,7 @@ class IndexArtifact:
         }
         self._catalog_mean = None
         self._live_bits = None
+        self._n_removed = None
 
     # ------------------------------------------------------------------------------------------- search
 
@@ -389,7 +391,7 @@ class IndexArtifact:
         if q.shape[1] != self.dim:
             raise ValueError(f"query must have {self.dim} numbers, got {q.shape[1]}")
         exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        filtered = len(exclude) > 0 or allowed is not None or bool(self.removed.any())
+        filtered = len(exclude) > 0 or allowed is not None or self._removed_count() > 0
         if not filtered or strategy == "overfetch":
             return self._overfetch(q, k, exclude, allowed)
         selector, keep_alive = self._selector(exclude, allowed)
@@ -417,7 +419,7 @@ class IndexArtifact:
             return faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)), [bits]
         keep: list[Any] = []
         selector: Any = None
-        if self.removed.any():
+        if self._removed_count() > 0:
             if self._live_bits is None:
                 self._live_bits = np.packbits(~self.removed, bitorder="little")
             selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(self._live_bits))
@@ -434,23 +436,36 @@ class IndexArtifact:
                 selector = not_excluded
         return selector, keep
 
+    def _removed_count(self) -> int:
+        """How many items are removed (cached: counting a million flags on every query costs more than the search)."""
+        if self._n_removed is None:
+            self._n_removed = int(self.removed.sum())
+        return self._n_removed
+
     def _overfetch(self, q: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> SearchResult:
         n = len(self)
-        blocked = set(exclude.tolist())
-        live = ~self.removed
+        removed = self._removed_count()
+        live: np.ndarray | None = None  # None: every item but the removed ones (no N-sized mask per query)
+        want = k + len(exclude) + removed
         if allowed is not None:
+            live = ~self.removed
             allowed_mask = np.zeros(n, dtype=bool)
             allowed_mask[np.asarray(allowed, dtype=np.int64)] = True
-            live = live & allowed_mask
-        eligible = int(live.sum())
-        want = k + len(blocked) + int(self.removed.sum() if allowed is None else 0)
-        if allowed is not None:
-            want = math.ceil((k + len(blocked)) * n / max(eligible, 1))
+            live &= allowed_mask
+            want = math.ceil((k + len(exclude)) * n / max(int(live.sum()), 1))
         params = search_parameters(self.index, self.search_params)
         while True:
             want = min(want, n)
             scores, labels = self.index.search(q, want, params=params)
-            keep = [j for j, p in enumerate(labels[0]) if p >= 0 and live[p] and p not in blocked][:k]
+            found = labels[0]
+            ok = found >= 0
+            if live is not None:
+                ok[ok] = live[found[ok]]
+            elif removed:
+                ok[ok] = ~self.removed[found[ok]]
+            if len(exclude):
+                ok &= ~np.isin(found, exclude)
+            keep = np.flatnonzero(ok)[:k]
             if len(keep) >= k or want >= n:
                 break
             want *= 2

@@ -358,8 +358,9 @@ def wait_serving(
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"the process serving {target} exited with {process.returncode}")
+            ready = grpc.channel_ready_future(channel)
             try:
-                grpc.channel_ready_future(channel).result(timeout=1)
+                ready.result(timeout=1)
                 if service is None:
                     return
                 check = health_pb2_grpc.HealthStub(channel).Check
@@ -367,6 +368,8 @@ def wait_serving(
                     return
             except (grpc.FutureTimeoutError, grpc.RpcError) as exc:
                 last = exc
+            finally:
+                ready.cancel()  # else its polling thread outlives the channel and dies with "Channel closed!"
             time.sleep(0.1)
     raise TimeoutError(f"{target} was not serving after {timeout_s:g} s ({last})")
 

@@ -276,7 +276,7 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from server.app import start_server
+    from server.app import limit_native_threads, start_server
     from server.settings import load_settings
 
     settings = load_settings(args.config)
@@ -296,6 +296,8 @@ def _serve(args: argparse.Namespace) -> None:
         log_args = ("--log-level", args.log_level, "--log-format", args.log_format)
         run_workers(settings, args.workers, args.config, not args.no_background, log_args)
         return
+
+    limit_native_threads()
 
     async def serve() -> None:
         server = await start_server(settings, background=not args.no_background)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -14,7 +15,7 @@ import numpy as np
 
 from bandits.base import Candidates, Policy, Slate
 from bandits.emerging import EmergingRule
-from bandits.features import build_features, feature_dim
+from bandits.features import feature_dim, make_candidates
 from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
 from server.assignment import assign
@@ -96,12 +97,14 @@ class Recommender:
     def __init__(self, settings: Settings, index: IndexArtifact, policies: PolicyBook, seed: int | None = None) -> None:
         seed = settings.server.event_id_seed if seed is None else seed
         self._ids = None if seed is None else random.Random(seed)
+        self._entropy: list[int] = []  # 128-bit values from os.urandom, drawn 256 at a time (one syscall)
         self.settings = settings
         self.index = index
         self.policies = policies
         self.rules: dict[str, EmergingRule] = {
             e.name: e.emerging.resolve(index.creator_ids, index.creator_popularity) for e in settings.experiments
         }
+        self._rule_json = {name: json.dumps(rule.to_dict(), sort_keys=True) for name, rule in self.rules.items()}
         self.fallbacks = 0
         self._warned: set[tuple[str, str, str]] = set()
 
@@ -137,13 +140,17 @@ class Recommender:
         rule = self.rules[experiment.name]
         positions = found.positions
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
-        candidates = Candidates(  # ids feed the policies' item/creator terms, exactly as replay and the learner do
-            build_features(query, index.vectors[positions], context),
+        # ids feed the policies' item/creator terms, exactly as replay and the learner do; the parts let LinUCB
+        # score its confidence width in O(K d^2) instead of O(K F^2)
+        candidates = make_candidates(
+            query,
+            index.vectors[positions],
+            context,
             emerging,
             item_ids=index.item_ids[positions],
             creator_ids=index.creator_ids[positions],
         )
-        event_id = uuid.uuid4() if self._ids is None else uuid.UUID(int=self._ids.getrandbits(128), version=4)
+        event_id = self._event_id()
         slate = self._rank(policy, candidates, request.num_items, event_id.int, (experiment.name, variant.name))
         served = positions[slate.indices]
         record = {
@@ -156,7 +163,7 @@ class Recommender:
             "policy": policy.name,
             "policy_version": str(policy.version),
             "index_version": index.version,
-            "emerging_rule": json.dumps(rule.to_dict(), sort_keys=True),
+            "emerging_rule": self._rule_json[experiment.name],
             "context_keys": list(experiment.context_keys),
             "context_values": context.tolist(),
             "seed_item_ids": seeds,
@@ -170,6 +177,18 @@ class Recommender:
             "default_reward": self.settings.join.default_reward,
         }
         return Decision(record, tuple(slate.scores[slate.indices].tolist()))
+
+    def _event_id(self) -> uuid.UUID:
+        """A version-4 id: from os.urandom as ``uuid.uuid4`` (unguessable), or from the seed in demos and tests."""
+        if self._ids is not None:
+            return uuid.UUID(int=self._ids.getrandbits(128), version=4)
+        try:
+            bits = self._entropy.pop()  # atomic under the GIL: decide threads never share a value
+        except IndexError:
+            block = os.urandom(16 * 256)
+            self._entropy = [int.from_bytes(block[i : i + 16], "big") for i in range(0, len(block), 16)]
+            bits = self._entropy.pop()
+        return uuid.UUID(int=bits, version=4)
 
     @staticmethod
     def stand_in(experiment: Experiment, paused: frozenset[tuple[str, str]]) -> Variant:
@@ -187,8 +206,11 @@ class Recommender:
         counted in :attr:`fallbacks` and logged once per policy version.
         """
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is what this guards against; no warnings
-            if np.isfinite(policy.scores(candidates.features)).all():
-                slate = policy.rank(candidates, num_items, np.random.default_rng(seed))
+            try:  # scored once: the slate carries every candidate's score, checked below
+                slate: Slate | None = policy.rank(candidates, num_items, np.random.default_rng(seed))
+            except (ValueError, FloatingPointError, ZeroDivisionError):  # sampling refuses non-finite weights
+                slate = None
+            if slate is not None:
                 p = slate.propensities
                 if np.isfinite(slate.scores).all() and np.isfinite(p).all() and ((p > 0) & (p <= 1 + 1e-9)).all():
                     return slate
