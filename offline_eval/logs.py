@@ -25,7 +25,13 @@ emerging               list<bool>              emerging flag of each served item
 rewards                list<double>            joined reward per slot (the default where none arrived)
 reward_observed        list<bool>              whether a reward arrived for that slot
 default_reward         double                  the reward used for slots without one
+config_version         string                  the server's experiments config (sha256 prefix); "" in v1 files
+assignment             string                  why this variant served: variant, holdout, outside or paused
+shadows                string                  JSON per shadow policy: policy, version, propensities, slate_probability
 =====================  ======================  =========================================================
+
+Version 2 added ``config_version``, ``assignment`` and ``shadows``; version-1 files are read with them "",
+"variant" and "{}".
 """
 
 from __future__ import annotations
@@ -37,13 +43,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _STR_LIST = pa.list_(pa.string())
 _F64_LIST = pa.list_(pa.float64())
 _TIME = pa.timestamp("ms", tz="UTC")
 #: Version of the columns below; files carry it as Parquet schema metadata ``scout.schema_version``.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions this reader accepts, and the columns each lacks (filled with their default when read).
+READABLE = {"1": {"config_version": "", "assignment": "variant", "shadows": "{}"}, "2": {}}
 SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -70,6 +79,9 @@ SCHEMA = pa.schema(
         ("rewards", _F64_LIST),
         ("reward_observed", pa.list_(pa.bool_())),
         ("default_reward", pa.float64()),
+        ("config_version", pa.string()),
+        ("assignment", pa.string()),
+        ("shadows", pa.string()),
     ]
 )
 
@@ -80,7 +92,11 @@ class LogError(ValueError):
 
 def records_to_table(records: Sequence[dict[str, Any]]) -> pa.Table:
     """Joined records (dicts with the schema's keys; times as epoch milliseconds) to an Arrow table."""
-    return pa.Table.from_pylist(list(records), schema=SCHEMA)
+    table = pa.Table.from_pylist(list(records), schema=SCHEMA)
+    for name, default in READABLE["1"].items():  # records made before these existed (and synthetic ones) lack them
+        index = SCHEMA.get_field_index(name)
+        table = table.set_column(index, name, pc.fill_null(table.column(index), default))
+    return table
 
 
 @dataclass(frozen=True)
@@ -114,9 +130,13 @@ def read_logs(path: Path) -> DecisionLog:
             table = pq.read_table(file)
         except (OSError, pa.ArrowException) as exc:
             raise LogError(f"{file}: cannot read Parquet: {exc}") from exc
-        version = (table.schema.metadata or {}).get(b"scout.schema_version")
-        if version is not None and version.decode() != SCHEMA_VERSION:
-            raise LogError(f"{file}: log schema version {version.decode()}; this reader knows version {SCHEMA_VERSION}")
+        raw_version = (table.schema.metadata or {}).get(b"scout.schema_version")
+        version = SCHEMA_VERSION if raw_version is None else raw_version.decode()
+        if version not in READABLE:
+            raise LogError(f"{file}: log schema version {version}; this reader knows versions {', '.join(READABLE)}")
+        for name, default in READABLE[version].items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.array([default] * table.num_rows, SCHEMA.field(name).type))
         missing = [name for name in SCHEMA.names if name not in table.column_names]
         if missing:
             raise LogError(f"{file}: missing column(s) {', '.join(missing)}")

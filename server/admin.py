@@ -43,7 +43,9 @@ class AdminService(scout_pb2_grpc.AdminServicer):
         """Every experiment with its variants, their policies, versions and pause state."""
         recommender = self.server.service.recommender
         paused = recommender.policies.paused
-        response = scout_pb2.ListExperimentsResponse(index_version=recommender.index.version)
+        response = scout_pb2.ListExperimentsResponse(
+            index_version=recommender.index.version, config_version=recommender.config_version
+        )
         for experiment in recommender.settings.experiments:
             info = response.experiments.add(
                 name=experiment.name,
@@ -126,3 +128,18 @@ class AdminService(scout_pb2_grpc.AdminServicer):
         for name in ("applied", "skipped"):
             counters[f"learner/{name}"] = int(learner.get(name.encode(), 0))
         return scout_pb2.GetCountersResponse(counters=counters)
+
+    @_status
+    async def ReloadConfig(  # noqa: N802 - gRPC method name
+        self, request: scout_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> scout_pb2.ReloadConfigResponse:
+        """Reload the ``--config`` file now; a refused file answers FAILED_PRECONDITION with its reasons."""
+        config = self.server.config
+        if config is None:
+            raise FailedPrecondition("the server was started without --config: there is no file to reload")
+        before = config.version
+        problems = await config.reload()
+        if problems:
+            text = "; ".join(problems)
+            raise FailedPrecondition(f"config refused, {before} keeps serving: {text[:1500]}")
+        return scout_pb2.ReloadConfigResponse(config_version=config.version, changed=config.version != before)

@@ -6,13 +6,16 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from embeddings.index import IndexArtifact
 from server.admin import AdminService
+from server.config_reloader import ConfigReloader
 from server.exporter import Exporter
 from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
@@ -56,6 +59,8 @@ class ScoutServer:
     serving: bool = True
     health_task: asyncio.Task[None] | None = None
     reloader: IndexReloader | None = None
+    refresher: Refresher | None = None
+    config: ConfigReloader | None = None
     metrics: Metrics = field(default_factory=Metrics)
     metrics_port: int | None = None
 
@@ -107,6 +112,25 @@ async def _watch_health(server: ScoutServer, servicer: health.aio.HealthServicer
         await sleep_until(server.stop_event, interval)
 
 
+async def _apply_settings(server: ScoutServer, settings: Settings) -> None:
+    """Serve reloaded experiments: a new recommender over the same index, keeping unchanged variants' policies."""
+    old = server.service.recommender
+    policies = PolicyBook(settings, old.index.dim)
+    policies.carry_over(old.policies)
+    new = await asyncio.to_thread(Recommender, settings, old.index, policies)
+    new._ids = old._ids  # one event-id sequence (seeded only in demos and tests)
+    server.service.recommender = new  # one assignment: requests in flight finish under the old configuration
+    server.settings = settings
+    if server.refresher is not None:
+        server.refresher.policies = policies
+    if server.reloader is not None:
+        server.reloader.settings = settings
+    learner = server.background.learner
+    if learner is not None:
+        dim = old.index.dim
+        learner.reconfigure(lambda: PolicyBook(settings, dim))
+
+
 async def _update_gauges(server: ScoutServer) -> float:
     """Refresh the gauges that are read from Redis and from the serving policies; returns the seconds to wait."""
     metrics, recommender = server.metrics, server.service.recommender
@@ -136,8 +160,14 @@ def limit_native_threads(threads: int = 1) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-async def start_server(settings: Settings, background: bool = True) -> ScoutServer:
-    """Start serving on ``settings.server.host:port`` (port 0 picks a free port) and return the running server."""
+async def start_server(
+    settings: Settings, background: bool = True, config: tuple[Path, Callable[[], Settings]] | None = None
+) -> ScoutServer:
+    """Start serving on ``settings.server.host:port`` (port 0 picks a free port) and return the running server.
+
+    ``config`` is the ``--config`` file and a function that reads the settings as at start: the server watches the
+    file and reloads its experiments (see :mod:`server.config_reloader`).
+    """
     index = IndexArtifact.load(settings.index)
     redis_process = None
     url = settings.redis_url
@@ -193,7 +223,11 @@ async def start_server(settings: Settings, background: bool = True) -> ScoutServ
         running.metrics_port = metrics.serve_http(settings.server.metrics_host, settings.server.metrics_port)
         running.loops.append(Loop("metrics", functools.partial(_update_gauges, running), stop))
     refresher = Refresher(store, policies, settings.server.refresh_interval_s)
+    running.refresher = refresher
     running.loops.append(Loop("refresher", refresher.step, stop))
+    if config is not None:
+        running.config = ConfigReloader(config[0], config[1], settings, functools.partial(_apply_settings, running))
+        running.loops.append(Loop("config-watch", running.config.step, stop))
     for loop in running.loops:
         loop.start()
     versions = IndexVersions(index, versions_root(settings.index))

@@ -277,17 +277,21 @@ def _build(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from server.app import limit_native_threads, start_server
-    from server.settings import load_settings
+    from server.settings import Settings, load_settings
 
-    settings = load_settings(args.config)
-    if args.port is not None:
-        settings = replace(settings, server=replace(settings.server, port=args.port))
-    if args.index is not None:
-        settings = replace(settings, index=args.index)
-    if args.metrics_port is not None:
-        settings = replace(settings, server=replace(settings.server, metrics_port=args.metrics_port))
-    if args.reuse_port:
-        settings = replace(settings, server=replace(settings.server, reuse_port=True))
+    def load() -> Settings:  # the file, SCOUT_* and these flags: at start and at every config reload
+        settings = load_settings(args.config)
+        if args.port is not None:
+            settings = replace(settings, server=replace(settings.server, port=args.port))
+        if args.index is not None:
+            settings = replace(settings, index=args.index)
+        if args.metrics_port is not None:
+            settings = replace(settings, server=replace(settings.server, metrics_port=args.metrics_port))
+        if args.reuse_port:
+            settings = replace(settings, server=replace(settings.server, reuse_port=True))
+        return settings
+
+    settings = load()
     if args.workers != 1:
         from server.supervisor import run_workers
 
@@ -300,7 +304,8 @@ def _serve(args: argparse.Namespace) -> None:
     limit_native_threads()
 
     async def serve() -> None:
-        server = await start_server(settings, background=not args.no_background)
+        config = None if args.config is None else (args.config, load)
+        server = await start_server(settings, background=not args.no_background, config=config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -316,12 +321,14 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from server.settings import load_settings
+    from server.settings import Settings, load_settings
     from server.worker import ROLES, run_worker
 
-    settings = load_settings(args.config)
-    if args.index is not None:
-        settings = replace(settings, index=args.index)
+    def load() -> Settings:
+        settings = load_settings(args.config)
+        return settings if args.index is None else replace(settings, index=args.index)
+
+    settings = load()
     roles = tuple(role for role in ROLES if getattr(args, role)) or ROLES
 
     async def work() -> None:
@@ -329,7 +336,7 @@ def _worker(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, roles, stop)
+        await run_worker(settings, roles, stop, None if args.config is None else (args.config, load))
 
     asyncio.run(work())
 

@@ -35,12 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from offline_eval.logs import records_to_table
+from offline_eval.logs import SCHEMA_VERSION, records_to_table
 from server.settings import ExportSettings
 from server.store import Store, joined_record
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = "1"
 LATE_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),

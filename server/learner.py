@@ -85,6 +85,12 @@ class Learner:
         self.skipped = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="scout-learner")
 
+    def reconfigure(self, make_policies: Callable[[], PolicyBook]) -> None:
+        """Learn another set of variants (a config reload): the next step restores them from the published state."""
+        self.make_policies = make_policies
+        self.keys = {key for key, _ in make_policies().items()}
+        self.restored = False
+
     async def restore(self) -> None:
         """Reload the published snapshots and the stream position they include."""
         position: Any = await self.store.client.hget(self.store.learner, "position")
@@ -162,6 +168,13 @@ class Learner:
                     policy.update_batch(batch.candidates, batch.served, batch.rewards, batch.propensities)
                     if key not in changed:
                         changed.append(key)
+                    for _, shadow in self.policies.shadows.get(key, ()):  # shadows learn from their variant's data
+                        shadow_key = (key[0], shadow)
+                        self.policies.get(*shadow_key).update_batch(
+                            batch.candidates, batch.served, batch.rewards, batch.propensities
+                        )
+                        if shadow_key not in changed:
+                            changed.append(shadow_key)
         snapshots = []
         for key in sorted(changed):
             policy = self.policies.get(*key)

@@ -18,9 +18,9 @@ from bandits.emerging import EmergingRule
 from bandits.features import feature_dim, make_candidates
 from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
-from server.assignment import assign
+from server.assignment import PAUSED, Placement
 from server.errors import FailedPrecondition
-from server.settings import Experiment, Settings, Variant
+from server.settings import Experiment, Settings, Variant, config_version
 from server.validation import MAX_ID_CHARS, MAX_IDS, check_recommend
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class Decision:
     scores: tuple[float, ...]
 
 
+def shadow_key(variant: str, shadow: str) -> str:
+    """The book and snapshot key of a variant's shadow policy (learned and published like a variant)."""
+    return f"{variant}/shadow:{shadow}"
+
+
 class PolicyBook:
     """The policy serving each (experiment, variant); swapped whole, so readers never need a lock."""
 
@@ -55,10 +60,26 @@ class PolicyBook:
         self._policies: dict[tuple[str, str], Policy] = {}
         #: Paused (experiment, variant) pairs, refreshed from Redis; replaced whole.
         self.paused: frozenset[tuple[str, str]] = frozenset()
+        #: Each variant's shadows as (shadow name, key under which the book holds the shadow's policy).
+        self.shadows: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         for experiment in settings.experiments:
             dim = feature_dim(embedding_dim, len(experiment.context_keys))
             for v in experiment.variants:
                 self._policies[(experiment.name, v.name)] = create_policy(v.policy, dim, dict(v.params))
+                keys = []
+                for shadow in v.shadows:
+                    key = shadow_key(v.name, shadow.name)
+                    self._policies[(experiment.name, key)] = create_policy(shadow.policy, dim, dict(shadow.params))
+                    keys.append((shadow.name, key))
+                if keys:
+                    self.shadows[(experiment.name, v.name)] = tuple(keys)
+
+    def carry_over(self, old: PolicyBook) -> None:
+        """Keep ``old``'s policies (their learned state) and pauses for the variants this book shares with it."""
+        for key, policy in old.items():
+            if key in self._policies:
+                self._policies[key] = policy
+        self.paused = frozenset(key for key in old.paused if key in self._policies)
 
     def get(self, experiment: str, variant: str) -> Policy:
         """The current policy of a variant."""
@@ -104,11 +125,12 @@ class Recommender:
         self.rules: dict[str, EmergingRule] = {
             e.name: e.emerging.resolve(index.creator_ids, index.creator_popularity) for e in settings.experiments
         }
+        self.config_version = config_version(settings)
         self._rule_json = {name: json.dumps(rule.to_dict(), sort_keys=True) for name, rule in self.rules.items()}
         self.fallbacks = 0
         self._warned: set[tuple[str, str, str]] = set()
 
-    def validate(self, request: RecommendInput) -> Experiment:
+    def validate(self, request: RecommendInput) -> Placement:
         """Check every field (see :mod:`server.validation`); raise ``InvalidArgument`` or ``NotFound``."""
         return check_recommend(
             self.settings,
@@ -122,11 +144,11 @@ class Recommender:
 
     def decide(self, request: RecommendInput) -> Decision:
         """Assign, retrieve, rank; the returned record holds everything needed to replay the decision."""
-        experiment = self.validate(request)
-        variant = assign(experiment, request.unit_id)
+        placement = self.validate(request)
+        experiment, variant, assignment = placement.experiment, placement.variant, placement.assignment
         paused = self.policies.paused
         if paused and (experiment.name, variant.name) in paused:
-            variant = self.stand_in(experiment, paused)
+            variant, assignment = self.stand_in(experiment, paused), PAUSED
         policy = self.policies.get(experiment.name, variant.name)
         index = self.index
         seeds = [i for i in request.seed_item_ids if index.has(i)]
@@ -153,6 +175,7 @@ class Recommender:
         event_id = self._event_id()
         slate = self._rank(policy, candidates, request.num_items, event_id.int, (experiment.name, variant.name))
         served = positions[slate.indices]
+        shadows = self._shadows(experiment.name, variant.name, candidates, slate.indices)
         record = {
             "event_id": event_id.hex,
             "decided_at": int(time.time() * 1000),
@@ -175,6 +198,9 @@ class Recommender:
             "slate_probability": slate.probability,
             "emerging": emerging[slate.indices].tolist(),
             "default_reward": self.settings.join.default_reward,
+            "config_version": self.config_version,
+            "assignment": assignment,
+            "shadows": shadows,
         }
         return Decision(record, tuple(slate.scores[slate.indices].tolist()))
 
@@ -189,6 +215,36 @@ class Recommender:
             self._entropy = [int.from_bytes(block[i : i + 16], "big") for i in range(0, len(block), 16)]
             bits = self._entropy.pop()
         return uuid.UUID(int=bits, version=4)
+
+    def _shadows(self, experiment: str, variant: str, candidates: Candidates, indices: np.ndarray) -> str:
+        """JSON of each shadow's probabilities of the served slate: policy, version, per-slot propensities, product.
+
+        The propensity of slot k is the shadow's probability of the served item given the served items before it,
+        the same conditional probability the served policy logs, so offline evaluation treats both alike. A shadow
+        whose numbers are not finite is left out (and logged once), never failing the request.
+        """
+        keys = self.policies.shadows.get((experiment, variant))
+        if not keys:
+            return "{}"
+        out: dict[str, Any] = {}
+        slots = np.arange(len(indices))
+        for name, key in keys:
+            shadow = self.policies.get(experiment, key)
+            with np.errstate(over="ignore", invalid="ignore"):
+                p = shadow.slot_distributions(candidates, indices)[slots, indices]
+            if not (np.isfinite(p).all() and (p >= 0).all()):
+                warned = (experiment, key, str(shadow.version))
+                if warned not in self._warned:
+                    self._warned.add(warned)
+                    log.error("shadow %s of %s/%s (version %s) gave non-finite probabilities", name, *warned)
+                continue
+            out[name] = {
+                "policy": shadow.name,
+                "version": shadow.version,
+                "propensities": p.tolist(),
+                "slate_probability": float(np.prod(p)),
+            }
+        return json.dumps(out, sort_keys=True)
 
     @staticmethod
     def stand_in(experiment: Experiment, paused: frozenset[tuple[str, str]]) -> Variant:

@@ -12,6 +12,7 @@ is allowed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import tomllib
@@ -65,28 +66,51 @@ PositiveInt = Annotated[int, Bounds(gt=0)]
 PositiveFloat = Annotated[float, Bounds(gt=0)]
 
 
+def _check_policy(policy: str, params: tuple[tuple[str, Any], ...]) -> None:
+    """Construct the policy once, naming the parameter that fails (``FieldError``)."""
+    if policy not in POLICIES:
+        raise FieldError(("policy",), f"must be one of {sorted(POLICIES)}, got {policy!r}")
+    values = dict(params)
+    try:
+        create_policy(policy, 1, values)
+    except (TypeError, ValueError) as exc:
+        for key, value in values.items():  # name the parameter that fails on its own
+            try:
+                create_policy(policy, 1, {key: value})
+            except (TypeError, ValueError) as single:
+                raise FieldError(("params", key), str(single)) from exc
+        raise FieldError(("params",), str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ShadowPolicy:
+    """A policy that is not served but scores every served slate of its variant, logged for offline evaluation."""
+
+    name: str
+    policy: str
+    params: Annotated[tuple[tuple[str, Any], ...], FREE_TABLE] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise FieldError(("name",), f"must be a non-empty name without '/', got {self.name!r}")
+        _check_policy(self.policy, self.params)
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One arm of an experiment: its traffic weight and its policy."""
+    """One arm of an experiment: its traffic weight, its policy, and the shadow policies that score its slates."""
 
     name: str
     weight: PositiveFloat
     policy: str
     params: Annotated[tuple[tuple[str, Any], ...], FREE_TABLE] = ()
+    shadows: tuple[ShadowPolicy, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise FieldError(("policy",), f"must be one of {sorted(POLICIES)}, got {self.policy!r}")
-        params = dict(self.params)
-        try:
-            create_policy(self.policy, 1, params)
-        except (TypeError, ValueError) as exc:
-            for key, value in params.items():  # name the parameter that fails on its own
-                try:
-                    create_policy(self.policy, 1, {key: value})
-                except (TypeError, ValueError) as single:
-                    raise FieldError(("params", key), str(single)) from exc
-            raise FieldError(("params",), str(exc)) from exc
+        _check_policy(self.policy, self.params)
+        names = [s.name for s in self.shadows]
+        if len(set(names)) != len(names):
+            raise FieldError(("shadows",), f"shadow names must be unique, got {names}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,14 @@ class Experiment:
     variants: tuple[Variant, ...]
     context_keys: tuple[str, ...] = ()
     emerging: EmergingRule = field(default_factory=EmergingRule)
+    layer: str = ""
+    traffic: Annotated[float, Bounds(gt=0, le=1)] = 1.0
+    holdout: Annotated[float, Bounds(ge=0, le=0.99)] = 0.0
+
+    @property
+    def layer_name(self) -> str:
+        """The layer this experiment shares traffic in (its own name when it sets none)."""
+        return self.layer or self.name
 
     def __post_init__(self) -> None:
         if not self.surfaces:
@@ -131,6 +163,7 @@ class ServerSettings:
     decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
     index_watch_interval_s: PositiveFloat = 2.0
+    config_watch_interval_s: PositiveFloat = 2.0
     metrics_port: Annotated[int, Bounds(ge=0, le=65535)] | None = None
     reuse_port: bool = False
     metrics_host: str = "127.0.0.1"
@@ -237,9 +270,28 @@ class Settings:
             )
         if not self.experiments:
             raise FieldError(("experiments",), "at least one [[experiments]] table is required")
-        surfaces = [surface for e in self.experiments for surface in e.surfaces]
-        if len(surfaces) != len(set(surfaces)):
-            raise FieldError(("experiments",), f"a surface may belong to one experiment only; got {surfaces}")
+        names = [e.name for e in self.experiments]
+        if len(names) != len(set(names)):
+            raise FieldError(("experiments",), f"experiment names must be unique, got {names}")
+        layers: dict[str, str] = {}
+        for k, experiment in enumerate(self.experiments):
+            for surface in experiment.surfaces:
+                other = layers.setdefault(surface, experiment.layer_name)
+                if other != experiment.layer_name:
+                    raise FieldError(
+                        ("experiments", k, "layer"),
+                        f"surface {surface!r} is also filled by layer {other!r}: experiments sharing a surface must "
+                        "share a layer (so each unit lands in one of them)",
+                    )
+        used: dict[str, float] = {}
+        for k, experiment in enumerate(self.experiments):
+            used[experiment.layer_name] = used.get(experiment.layer_name, 0.0) + experiment.traffic
+            if used[experiment.layer_name] > 1.0 + 1e-9:
+                raise FieldError(
+                    ("experiments", k, "traffic"),
+                    f"the experiments of layer {experiment.layer_name!r} take {used[experiment.layer_name]:g} of its "
+                    "traffic; at most 1",
+                )
         if abs(self.join.default_reward) > self.limits.max_reward_abs:
             raise FieldError(
                 ("join", "default_reward"),
@@ -248,8 +300,28 @@ class Settings:
             )
 
     def experiment_for(self, surface: str) -> Experiment | None:
-        """The experiment that fills ``surface``, if any."""
+        """The first experiment that fills ``surface`` (it serves units outside every experiment's traffic)."""
         return next((e for e in self.experiments if surface in e.surfaces), None)
+
+    def experiments_for(self, surface: str) -> tuple[Experiment, ...]:
+        """Every experiment that fills ``surface`` (one layer), in config order."""
+        return tuple(e for e in self.experiments if surface in e.surfaces)
+
+    def layer_range(self, experiment: Experiment) -> tuple[float, float]:
+        """The part ``[start, end)`` of its layer's bucket space that ``experiment`` takes (config order)."""
+        start = 0.0
+        for other in self.experiments:
+            if other.layer_name != experiment.layer_name:
+                continue
+            if other.name == experiment.name:
+                return start, start + other.traffic
+            start += other.traffic
+        raise KeyError(experiment.name)
+
+
+def config_version(settings: Settings) -> str:
+    """A short content hash of the experiments: what a config reload may change, logged with every decision."""
+    return hashlib.sha256(repr(settings.experiments).encode()).hexdigest()[:12]
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,9 +15,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from server.assignment import Placement, place
 from server.errors import InvalidArgument, NotFound
 from server.pb import scout_pb2
-from server.settings import Experiment, LimitSettings, Settings
+from server.settings import LimitSettings, Settings
 
 MAX_UNIT_ID_CHARS = 512
 MAX_SURFACE_CHARS = 128
@@ -83,8 +84,8 @@ def check_recommend(
     context: Mapping[str, float],
     seed_item_ids: Sequence[str],
     exclude_item_ids: Sequence[str],
-) -> Experiment:
-    """Check every field of a Recommend request; return the experiment that serves its surface.
+) -> Placement:
+    """Check every field of a Recommend request; return where the unit lands (experiment, variant, assignment).
 
     Raises
     ------
@@ -106,10 +107,11 @@ def check_recommend(
             raise InvalidArgument(f"context key {echo(key)} is longer than {MAX_CONTEXT_KEY_CHARS} characters")
     check_ids("seed_item_ids", seed_item_ids)
     check_ids("exclude_item_ids", exclude_item_ids)
-    experiment = settings.experiment_for(surface)
-    if experiment is None:
-        known = sorted(s for e in settings.experiments for s in e.surfaces)
+    placement = place(settings, surface, unit_id)
+    if placement is None:
+        known = sorted({s for e in settings.experiments for s in e.surfaces})
         raise NotFound(f"surface {echo(surface)} has no experiment; configured surfaces: {listing(known)}")
+    experiment = placement.experiment
     for key, value in context.items():
         if key not in experiment.context_keys:
             raise InvalidArgument(
@@ -117,7 +119,7 @@ def check_recommend(
                 f"known: {listing(experiment.context_keys)}"
             )
         check_number(f"context[{echo(key)}]", value, settings.limits.max_context_abs)
-    return experiment
+    return placement
 
 
 def check_reward(limits: LimitSettings, event_id: str, item_id: str, value: float) -> None:

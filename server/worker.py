@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from embeddings.index import IndexArtifact
+from server.config_reloader import ConfigReloader
 from server.exporter import Exporter, late_dataset
 from server.indexes import IndexVersions, versions_root
 from server.joiner import Joiner
@@ -83,8 +86,16 @@ def start_background(
     return bg
 
 
-async def run_worker(settings: Settings, roles: tuple[str, ...], stop: asyncio.Event) -> Background:
-    """Run background loops in this process until ``stop`` is set (``scout worker``); needs a shared Redis."""
+async def run_worker(
+    settings: Settings,
+    roles: tuple[str, ...],
+    stop: asyncio.Event,
+    config: tuple[Path, Callable[[], Settings]] | None = None,
+) -> Background:
+    """Run background loops in this process until ``stop`` is set (``scout worker``); needs a shared Redis.
+
+    With ``config`` (the ``--config`` file and its loader), the learner follows reloads of the experiments.
+    """
     if not settings.redis_url:
         raise ValueError(
             "scout worker needs a shared Redis: set redis_url in the config or SCOUT_REDIS_URL "
@@ -93,6 +104,15 @@ async def run_worker(settings: Settings, roles: tuple[str, ...], stop: asyncio.E
     index = IndexArtifact.load(settings.index)
     store = Store(redis_client(settings.redis_url), settings.key_prefix)
     bg = start_background(store, settings, index, stop, roles)
+    if config is not None and bg.learner is not None:
+        learner, dim = bg.learner, index.dim
+
+        async def follow(new: Settings) -> None:
+            learner.reconfigure(lambda: PolicyBook(new, dim))
+
+        watcher = ConfigReloader(config[0], config[1], settings, follow)
+        bg.loops.append(Loop("config-watch", watcher.step, stop))
+        bg.loops[-1].start()
     try:
         await stop.wait()
         await bg.wait()

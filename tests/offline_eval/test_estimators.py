@@ -136,9 +136,13 @@ def test_malformed_logs_name_the_column_and_row(world: SyntheticWorld, index: In
     with pytest.raises(LogError, match=r"column rewards: row 1"):
         read_logs(tmp_path / "nan.parquet")
     newer = records_to_table(records[:2])
-    pq.write_table(newer.replace_schema_metadata({b"scout.schema_version": b"2"}), tmp_path / "v2.parquet")
-    with pytest.raises(LogError, match=r"v2\.parquet: log schema version 2; this reader knows version 1"):
+    pq.write_table(newer.replace_schema_metadata({b"scout.schema_version": b"99"}), tmp_path / "v2.parquet")
+    with pytest.raises(LogError, match=r"v2\.parquet: log schema version 99; this reader knows versions 1, 2"):
         read_logs(tmp_path / "v2.parquet")
+    older = records_to_table(records[:1]).drop_columns(["config_version", "assignment", "shadows"])  # as version 1
+    pq.write_table(older.replace_schema_metadata({b"scout.schema_version": b"1"}), tmp_path / "v1.parquet")
+    assert read_logs(tmp_path / "v1.parquet")["config_version"] == [""]
+    assert read_logs(tmp_path / "v1.parquet")["assignment"] == ["variant"]
     with pytest.raises(LogError, match="no such file"):
         read_logs(tmp_path / "does-not-exist")
     (tmp_path / "empty").mkdir()

@@ -36,6 +36,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bandits.registry import load_policy
+from offline_eval.logs import SCHEMA_VERSION
 from server.pb import scout_pb2, scout_pb2_grpc
 from server.redis_server import RedisProcess
 
@@ -227,7 +228,7 @@ def exported(directory: Path, columns: list[str]) -> list[dict]:
     rows: list[dict] = []
     for file in sorted(directory.rglob("*.parquet")):
         table = pq.read_table(file, columns=columns)
-        assert (table.schema.metadata or {}).get(b"scout.schema_version") == b"1", file
+        assert (table.schema.metadata or {}).get(b"scout.schema_version") == SCHEMA_VERSION.encode(), file
         rows += table.to_pylist()
     return rows
 

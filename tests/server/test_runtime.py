@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from conftest import make_settings
 
 from embeddings.index import IndexArtifact
+from offline_eval.logs import SCHEMA_VERSION
 from server.exporter import Exporter
 from server.learner import Learner
 from server.loops import Loop
@@ -181,7 +182,7 @@ def test_exporter_rolls_files_partitions_by_decision_date_and_claims_a_dead_expo
     ids = [e for f in files for e in pq.read_table(f).column("event_id").to_pylist()]
     assert sorted(ids) == sorted(r["event_id"] for r in records), "each decision exactly once"
     assert all(pq.read_table(f).num_rows <= 4 for f in files)
-    assert all(pq.read_schema(f).metadata[b"scout.schema_version"] == b"1" for f in files)
+    assert all(pq.read_schema(f).metadata[b"scout.schema_version"] == SCHEMA_VERSION.encode() for f in files)
     yesterday = dt.datetime.fromtimestamp(records[-1]["decided_at"] / 1000, tz=dt.UTC).date().isoformat()
     (old,) = [f for f in files if f.parent.name == f"date={yesterday}"]
     assert pq.read_table(old).column("event_id").to_pylist() == [records[-1]["event_id"]]

@@ -144,12 +144,14 @@ class ExperimentInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., surfaces: _Optional[_Iterable[str]] = ..., salt: _Optional[str] = ..., candidates: _Optional[int] = ..., context_keys: _Optional[_Iterable[str]] = ..., variants: _Optional[_Iterable[_Union[VariantInfo, _Mapping]]] = ...) -> None: ...
 
 class ListExperimentsResponse(_message.Message):
-    __slots__ = ("experiments", "index_version")
+    __slots__ = ("experiments", "index_version", "config_version")
     EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     experiments: _containers.RepeatedCompositeFieldContainer[ExperimentInfo]
     index_version: str
-    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
+    config_version: str
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ..., index_version: _Optional[str] = ..., config_version: _Optional[str] = ...) -> None: ...
 
 class SetVariantPausedRequest(_message.Message):
     __slots__ = ("experiment", "variant", "paused")
@@ -197,3 +199,15 @@ class GetCountersResponse(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     counters: _containers.ScalarMap[str, int]
     def __init__(self, counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadConfigResponse(_message.Message):
+    __slots__ = ("config_version", "changed")
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    config_version: str
+    changed: bool
+    def __init__(self, config_version: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...

@@ -224,6 +224,11 @@ class AdminStub:
                 request_serializer=scout__client_dot_scout__pb2.GetCountersRequest.SerializeToString,
                 response_deserializer=scout__client_dot_scout__pb2.GetCountersResponse.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/scout.v1.Admin/ReloadConfig',
+                request_serializer=scout__client_dot_scout__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=scout__client_dot_scout__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -261,6 +266,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Reload the answering process's --config file now (every process also reloads it when the file changes). A
+        refused file is FAILED_PRECONDITION with the reasons, and the configuration in force keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +296,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCounters,
                     request_deserializer=scout__client_dot_scout__pb2.GetCountersRequest.FromString,
                     response_serializer=scout__client_dot_scout__pb2.GetCountersResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=scout__client_dot_scout__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=scout__client_dot_scout__pb2.ReloadConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +414,33 @@ class Admin:
             '/scout.v1.Admin/GetCounters',
             scout__client_dot_scout__pb2.GetCountersRequest.SerializeToString,
             scout__client_dot_scout__pb2.GetCountersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Admin/ReloadConfig',
+            scout__client_dot_scout__pb2.ReloadConfigRequest.SerializeToString,
+            scout__client_dot_scout__pb2.ReloadConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
