@@ -28,10 +28,12 @@ default_reward         double                  the reward used for slots without
 config_version         string                  the server's experiments config (sha256 prefix); "" in v1 files
 assignment             string                  why this variant served: variant, holdout, outside or paused
 shadows                string                  JSON per shadow policy: policy, version, propensities, slate_probability
+require_exposure       bool                    the experiment trains only on exposed decisions
+exposed                bool                    an Expose call arrived within the reward window
 =====================  ======================  =========================================================
 
-Version 2 added ``config_version``, ``assignment`` and ``shadows``; version-1 files are read with them "",
-"variant" and "{}".
+Version 2 added ``config_version``, ``assignment``, ``shadows``, ``require_exposure`` and ``exposed``; version-1
+files are read with them "", "variant", "{}", false and true.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ _TIME = pa.timestamp("ms", tz="UTC")
 #: Version of the columns below; files carry it as Parquet schema metadata ``scout.schema_version``.
 SCHEMA_VERSION = "2"
 #: Versions this reader accepts, and the columns each lacks (filled with their default when read).
-READABLE = {"1": {"config_version": "", "assignment": "variant", "shadows": "{}"}, "2": {}}
+READABLE: dict[str, dict[str, Any]] = {
+    "1": {"config_version": "", "assignment": "variant", "shadows": "{}", "require_exposure": False, "exposed": True},
+    "2": {},
+}
 SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -82,6 +87,8 @@ SCHEMA = pa.schema(
         ("config_version", pa.string()),
         ("assignment", pa.string()),
         ("shadows", pa.string()),
+        ("require_exposure", pa.bool_()),
+        ("exposed", pa.bool_()),
     ]
 )
 

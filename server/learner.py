@@ -200,6 +200,8 @@ class Learner:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("learner: joined entry %r does not parse (%s); skipped", entry_id, exc)
             return None
+        if record.get("require_exposure") and not record.get("exposed"):
+            return None  # never shown: logged and exported, but not evidence for training
         if (record.get("experiment"), record.get("variant")) not in self.keys:
             log.warning("learner: joined entry %r names an unknown experiment/variant; skipped", entry_id)
             return None

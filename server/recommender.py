@@ -46,6 +46,7 @@ class Decision:
 
     record: dict[str, Any]
     scores: tuple[float, ...]
+    reward_window_s: float = 0.0
 
 
 def shadow_key(variant: str, shadow: str) -> str:
@@ -176,6 +177,7 @@ class Recommender:
         slate = self._rank(policy, candidates, request.num_items, event_id.int, (experiment.name, variant.name))
         served = positions[slate.indices]
         shadows = self._shadows(experiment.name, variant.name, candidates, slate.indices)
+        join = self.settings.join
         record = {
             "event_id": event_id.hex,
             "decided_at": int(time.time() * 1000),
@@ -197,12 +199,14 @@ class Recommender:
             "propensities": slate.propensities.tolist(),
             "slate_probability": slate.probability,
             "emerging": emerging[slate.indices].tolist(),
-            "default_reward": self.settings.join.default_reward,
+            "default_reward": join.default_reward if experiment.default_reward is None else experiment.default_reward,
+            "require_exposure": experiment.require_exposure,
             "config_version": self.config_version,
             "assignment": assignment,
             "shadows": shadows,
         }
-        return Decision(record, tuple(slate.scores[slate.indices].tolist()))
+        window = join.reward_window_s if experiment.reward_window_s is None else experiment.reward_window_s
+        return Decision(record, tuple(slate.scores[slate.indices].tolist()), window)
 
     def _event_id(self) -> uuid.UUID:
         """A version-4 id: from os.urandom as ``uuid.uuid4`` (unguessable), or from the seed in demos and tests."""

@@ -19,7 +19,7 @@ from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
-from server.validation import Undecodable, check_reward, echo
+from server.validation import MAX_EVENT_ID_CHARS, Undecodable, check_reward, check_string, echo
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -106,7 +106,7 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         record = decision.record
         if _gone(context):
             raise ClientGone("the deadline passed (or the call was cancelled) before the decision was made; not logged")
-        due = record["decided_at"] + int(self.join.reward_window_s * 1000)
+        due = record["decided_at"] + int(decision.reward_window_s * 1000)
         await self.store.record_decision(record, due, self.join.decision_stream_maxlen, self.join.pending_ttl_s)
         if _gone(context) and await self.store.unrecord_decision(record["event_id"]):
             raise ClientGone("the deadline passed (or the call was cancelled) while logging; decision withdrawn")
@@ -172,6 +172,20 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
                 response.rejected += 1
             index += 1
         return response
+
+    @_status
+    async def Expose(  # noqa: N802 - gRPC method name
+        self, request: scout_pb2.ExposeRequest, context: grpc.aio.ServicerContext
+    ) -> scout_pb2.ExposeResponse:
+        """Record that a decision's slate was shown (idempotent); see the README's "Exposure"."""
+        check_string("event_id", request.event_id, MAX_EVENT_ID_CHARS)
+        outcome = await self.store.record_exposure(request.event_id)
+        if outcome == UNKNOWN:
+            raise NotFound(f"event_id {echo(request.event_id)} is not a known decision")
+        if outcome == CLOSED:
+            raise FailedPrecondition(f"event_id {echo(request.event_id)}: the reward window has closed")
+        self.counters["exposures"] += 1
+        return scout_pb2.ExposeResponse(accepted=True, duplicate=outcome == DUPLICATE)
 
     async def _reward(self, request: scout_pb2.RewardRequest) -> scout_pb2.RewardResponse:
         check_reward(self.recommender.settings.limits, request.event_id, request.item_id, request.value)

@@ -125,6 +125,9 @@ class Experiment:
     context_keys: tuple[str, ...] = ()
     emerging: EmergingRule = field(default_factory=EmergingRule)
     layer: str = ""
+    reward_window_s: PositiveFloat | None = None
+    default_reward: float | None = None
+    require_exposure: bool = False
     traffic: Annotated[float, Bounds(gt=0, le=1)] = 1.0
     holdout: Annotated[float, Bounds(ge=0, le=0.99)] = 0.0
 
@@ -291,6 +294,19 @@ class Settings:
                     ("experiments", k, "traffic"),
                     f"the experiments of layer {experiment.layer_name!r} take {used[experiment.layer_name]:g} of its "
                     "traffic; at most 1",
+                )
+        for k, experiment in enumerate(self.experiments):
+            window = experiment.reward_window_s
+            if window is not None and window >= self.join.pending_ttl_s:
+                raise FieldError(
+                    ("experiments", k, "reward_window_s"),
+                    f"must be below join.pending_ttl_s ({self.join.pending_ttl_s})",
+                )
+            default = experiment.default_reward
+            if default is not None and abs(default) > self.limits.max_reward_abs:
+                raise FieldError(
+                    ("experiments", k, "default_reward"),
+                    f"must be within limits.max_reward_abs ({self.limits.max_reward_abs:g}), got {default:g}",
                 )
         if abs(self.join.default_reward) > self.limits.max_reward_abs:
             raise FieldError(

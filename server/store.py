@@ -69,6 +69,14 @@ if not string.find(items, '\\n' .. ARGV[1] .. '\\n', 1, true) then return -3 end
 return redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2])
 """
 
+_EXPOSE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSETNX', KEYS[1], 'exposed', ARGV[1])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+return -1
+"""
+
 _JOIN = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local joined = 0
@@ -148,6 +156,7 @@ class Store:
         self._unrecord = client.register_script(_UNRECORD)
         self._reward = client.register_script(_REWARD)
         self._join = client.register_script(_JOIN)
+        self._expose = client.register_script(_EXPOSE)
         self._publish = client.register_script(_PUBLISH)
         self._lease = client.register_script(_LEASE)
 
@@ -190,6 +199,11 @@ class Store:
         keys = [self.pending_key(event_id), f"{self.prefix}:closed:{event_id}", self.late]
         args: list[str | int] = [item_id, repr(float(value)), now_ms(), late_maxlen, event_id]
         return int(await self._reward(keys=keys, args=args))
+
+    async def record_exposure(self, event_id: str) -> int:
+        """Mark a pending decision exposed: ``ACCEPTED``, ``DUPLICATE``, ``UNKNOWN`` or ``CLOSED`` (window closed)."""
+        keys = [self.pending_key(event_id), f"{self.prefix}:closed:{event_id}"]
+        return int(await self._expose(keys=keys, args=[now_ms()]))
 
     async def join_due(self, now: int, limit: int, closed_ttl_s: int, joined_maxlen: int = 1_000_000) -> int:
         """Join up to ``limit`` decisions whose window closed by ``now`` (epoch ms); returns how many were due."""
@@ -282,4 +296,5 @@ def joined_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
     record["rewards"] = [rewards.get(item, record["default_reward"]) for item in record["item_ids"]]
     record["reward_observed"] = [item in rewards for item in record["item_ids"]]
     record["joined_at"] = int(fields[b"joined_at"])
+    record["exposed"] = b"exposed" in fields
     return record

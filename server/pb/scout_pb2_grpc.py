@@ -50,6 +50,11 @@ class RecommenderStub:
                 request_serializer=server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
                 response_deserializer=server_dot_pb_dot_scout__pb2.RewardStreamResponse.FromString,
                 _registered_method=True)
+        self.Expose = channel.unary_unary(
+                '/scout.v1.Recommender/Expose',
+                request_serializer=server_dot_pb_dot_scout__pb2.ExposeRequest.SerializeToString,
+                response_deserializer=server_dot_pb_dot_scout__pb2.ExposeResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -80,6 +85,15 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Expose(self, request, context):
+        """Record that a decision's slate was shown to the user (for slates rendered later than decided). Idempotent.
+        Experiments with require_exposure train only on exposed decisions; every decision is exported either way,
+        with its `exposed` flag. Must arrive within the reward window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RewardStream,
                     request_deserializer=server_dot_pb_dot_scout__pb2.RewardRequest.FromString,
                     response_serializer=server_dot_pb_dot_scout__pb2.RewardStreamResponse.SerializeToString,
+            ),
+            'Expose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Expose,
+                    request_deserializer=server_dot_pb_dot_scout__pb2.ExposeRequest.FromString,
+                    response_serializer=server_dot_pb_dot_scout__pb2.ExposeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +200,33 @@ class Recommender:
             '/scout.v1.Recommender/RewardStream',
             server_dot_pb_dot_scout__pb2.RewardRequest.SerializeToString,
             server_dot_pb_dot_scout__pb2.RewardStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Expose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.Recommender/Expose',
+            server_dot_pb_dot_scout__pb2.ExposeRequest.SerializeToString,
+            server_dot_pb_dot_scout__pb2.ExposeResponse.FromString,
             options,
             channel_credentials,
             insecure,

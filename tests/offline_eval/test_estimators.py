@@ -12,7 +12,7 @@ from bandits.epsilon_greedy import EpsilonGreedy
 from bandits.features import feature_dim
 from embeddings.index import IndexArtifact
 from offline_eval.evaluation import evaluate
-from offline_eval.logs import DecisionLog, LogError, read_logs, records_to_table
+from offline_eval.logs import READABLE, DecisionLog, LogError, read_logs, records_to_table
 from offline_eval.replay import decisions
 from offline_eval.world import CONTEXT_KEYS, SyntheticWorld, item_index, user_index
 from server.recommender import PolicyBook, Recommender, RecommendInput
@@ -139,7 +139,7 @@ def test_malformed_logs_name_the_column_and_row(world: SyntheticWorld, index: In
     pq.write_table(newer.replace_schema_metadata({b"scout.schema_version": b"99"}), tmp_path / "v2.parquet")
     with pytest.raises(LogError, match=r"v2\.parquet: log schema version 99; this reader knows versions 1, 2"):
         read_logs(tmp_path / "v2.parquet")
-    older = records_to_table(records[:1]).drop_columns(["config_version", "assignment", "shadows"])  # as version 1
+    older = records_to_table(records[:1]).drop_columns(list(READABLE["1"]))  # as version 1
     pq.write_table(older.replace_schema_metadata({b"scout.schema_version": b"1"}), tmp_path / "v1.parquet")
     assert read_logs(tmp_path / "v1.parquet")["config_version"] == [""]
     assert read_logs(tmp_path / "v1.parquet")["assignment"] == ["variant"]

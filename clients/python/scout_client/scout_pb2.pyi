@@ -211,3 +211,17 @@ class ReloadConfigResponse(_message.Message):
     config_version: str
     changed: bool
     def __init__(self, config_version: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ExposeRequest(_message.Message):
+    __slots__ = ("event_id",)
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    def __init__(self, event_id: _Optional[str] = ...) -> None: ...
+
+class ExposeResponse(_message.Message):
+    __slots__ = ("accepted", "duplicate")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
