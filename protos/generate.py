@@ -2,18 +2,24 @@
 
 Usage: ``python protos/generate.py [--out DIR]``. Paths under ``protos/`` mirror the Python packages they generate
 into (``protos/server/pb/scout.proto`` becomes ``server/pb/scout_pb2.py``), so generated imports need no rewriting.
+The same ``scout.proto`` is also generated into the client package as ``clients/python/scout_client/scout_pb2.py``
+(compiled as ``scout_client/scout.proto``, so the client imports nothing from the server).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
+CLIENT_ROOT = Path("clients") / "python"
+CLIENT_PACKAGE = "scout_client"
 
 
 def generate(out: Path) -> list[Path]:
@@ -29,6 +35,22 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {', '.join(map(str, protos))}")
+    with tempfile.TemporaryDirectory() as staging:
+        source = Path(staging) / CLIENT_PACKAGE / "scout.proto"
+        source.parent.mkdir()
+        shutil.copyfile(PROTO_ROOT / "server" / "pb" / "scout.proto", source)
+        client_out = out / CLIENT_ROOT
+        client_out.mkdir(parents=True, exist_ok=True)
+        client = [
+            "protoc",
+            f"-I{staging}",
+            f"--python_out={client_out}",
+            f"--pyi_out={client_out}",
+            f"--grpc_python_out={client_out}",
+            f"{CLIENT_PACKAGE}/scout.proto",
+        ]
+        if protoc.main(client) != 0:
+            raise SystemExit("protoc failed on the client copy of scout.proto")
     return sorted(p for p in out.rglob("*_pb2*.py*"))
 
 
