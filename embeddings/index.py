@@ -90,6 +90,7 @@ class IndexArtifact:
         self._catalog_mean: np.ndarray | None = None
         self._live_bits: np.ndarray | None = None
         self._n_removed: int | None = None
+        self._plain_params: Any = None
 
     @property
     def version(self) -> str:
@@ -347,6 +348,7 @@ class IndexArtifact:
         self._catalog_mean = None
         self._live_bits = None
         self._n_removed = None
+        self._plain_params = None
 
     # ------------------------------------------------------------------------------------------- search
 
@@ -404,7 +406,7 @@ class IndexArtifact:
     def search_many(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Unfiltered top-k for Q queries at once: Q-by-k scores and positions (-1 where fewer exist)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        params = search_parameters(self.index, self.search_params)
+        params = self._unfiltered_params()
         scores, labels = self.index.search(q, min(k, len(self)), params=params)
         return scores, labels
 
@@ -436,6 +438,12 @@ class IndexArtifact:
                 selector = not_excluded
         return selector, keep
 
+    def _unfiltered_params(self) -> Any:
+        """Search parameters without a selector, built once (FAISS only reads them, so threads may share them)."""
+        if self._plain_params is None:
+            self._plain_params = search_parameters(self.index, self.search_params)
+        return self._plain_params
+
     def _removed_count(self) -> int:
         """How many items are removed (cached: counting a million flags on every query costs more than the search)."""
         if self._n_removed is None:
@@ -453,7 +461,7 @@ class IndexArtifact:
             allowed_mask[np.asarray(allowed, dtype=np.int64)] = True
             live &= allowed_mask
             want = math.ceil((k + len(exclude)) * n / max(int(live.sum()), 1))
-        params = search_parameters(self.index, self.search_params)
+        params = self._unfiltered_params()
         while True:
             want = min(want, n)
             scores, labels = self.index.search(q, want, params=params)

@@ -486,7 +486,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) -> list[Path]:
-    """Write ``out`` (JSON: machine, levels, reports, ratios) and a latency-CDF plot next to it (PNG)."""
+    """Write ``out`` (JSON), a latency-CDF plot (``.png``) and a throughput plot (``-throughput.png``) next to it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     levels = []
     for level in results:
@@ -517,7 +517,20 @@ def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) 
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    return [*written, png]
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(results)), 4))
+    x = np.arange(len(results))
+    for offset, name in ((-0.2, "echo"), (0.2, "scout")):
+        ax.bar(x + offset, [level[name].throughput if name in level else 0.0 for level in results], 0.4, label=name)
+    ax.set_xticks(x, [level["level"] for level in results])
+    ax.set_ylabel("OK requests/s")
+    ax.set_title("throughput")
+    ax.legend()
+    fig.tight_layout()
+    bars = out.with_name(f"{out.stem}-throughput.png")
+    fig.savefig(bars, dpi=100)
+    plt.close(fig)
+    return [*written, png, bars]
 
 
 def json_dumps(value: Any) -> str:

@@ -38,6 +38,7 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
     assert saved["machine"]["cpus"] >= 1 and len(saved["levels"]) == 3
     assert saved["levels"][1]["scout"]["concurrency"] == 3 and "latencies_ms" not in saved["levels"][1]["scout"]
     assert written[1].suffix == ".png" and written[1].stat().st_size > 0
+    assert written[2].name == "bench-throughput.png" and written[2].stat().st_size > 0
     assert "ratio" in bench.table(results)
 
 
