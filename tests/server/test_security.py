@@ -1,18 +1,13 @@
 """TLS, mutual TLS and bearer tokens on a real server, with certificates made at test time."""
 
 import asyncio
-import datetime
-import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from certs import make_pki
 from conftest import make_settings, run_server
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import start_server
@@ -24,48 +19,9 @@ pytestmark = pytest.mark.redis
 REQUEST = scout_pb2.RecommendRequest(unit_id="u1", surface="home", num_items=2, seed_item_ids=["item-0000001"])
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _certificate(name: str, key, issuer_name: str, issuer_key, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files."""
-    root = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("scout-test-ca", ca_key, "scout-test-ca", ca_key, ca=True)
-    files = {"ca": ca.public_bytes(serialization.Encoding.PEM)}
-    for who in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        files[f"{who}.key"] = _pem_key(key)
-        files[f"{who}.pem"] = _certificate(f"scout-{who}", key, "scout-test-ca", ca_key, ca=False).public_bytes(
-            serialization.Encoding.PEM
-        )
-    paths = {}
-    for name, data in files.items():
-        paths[name] = root / name
-        paths[name].write_bytes(data)
-    return paths
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _serve(index_dir, redis_url, tmp_path, security: SecuritySettings):
