@@ -140,6 +140,7 @@ async def _update_gauges(server: ScoutServer) -> float:
     metrics.learner_lag.set(learner_lag)
     metrics.fallbacks.set(recommender.fallbacks)
     metrics.index.info({"version": recommender.index.version})
+    metrics.config.info({"version": recommender.config_version})
     for (experiment, variant), policy in recommender.policies.items():
         metrics.policy_version.labels(experiment, variant, policy.name).set(float(policy.version))
     return server.settings.server.health_interval_s

@@ -123,11 +123,17 @@ class Recommender:
         self.settings = settings
         self.index = index
         self.policies = policies
-        self.rules: dict[str, EmergingRule] = {
-            e.name: e.emerging.resolve(index.creator_ids, index.creator_popularity) for e in settings.experiments
-        }
+        #: Each variant's emerging-creator rule, resolved on this index (the variant's own, else its experiment's).
+        self.rules: dict[tuple[str, str], EmergingRule] = {}
+        resolved: dict[EmergingRule, EmergingRule] = {}
+        for e in settings.experiments:
+            for v in e.variants:
+                rule = v.emerging or e.emerging
+                if rule not in resolved:
+                    resolved[rule] = rule.resolve(index.creator_ids, index.creator_popularity)
+                self.rules[(e.name, v.name)] = resolved[rule]
         self.config_version = config_version(settings)
-        self._rule_json = {name: json.dumps(rule.to_dict(), sort_keys=True) for name, rule in self.rules.items()}
+        self._rule_json = {key: json.dumps(rule.to_dict(), sort_keys=True) for key, rule in self.rules.items()}
         self.fallbacks = 0
         self._warned: set[tuple[str, str, str]] = set()
 
@@ -160,7 +166,7 @@ class Recommender:
         if len(found.positions) == 0:
             raise FailedPrecondition("exclude_item_ids leave no candidates")
         context = np.array([request.context.get(k, 0.0) for k in experiment.context_keys])
-        rule = self.rules[experiment.name]
+        rule = self.rules[(experiment.name, variant.name)]
         positions = found.positions
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
         # ids feed the policies' item/creator terms, exactly as replay and the learner do; the parts let LinUCB
@@ -188,7 +194,7 @@ class Recommender:
             "policy": policy.name,
             "policy_version": str(policy.version),
             "index_version": index.version,
-            "emerging_rule": self._rule_json[experiment.name],
+            "emerging_rule": self._rule_json[(experiment.name, variant.name)],
             "context_keys": list(experiment.context_keys),
             "context_values": context.tolist(),
             "seed_item_ids": seeds,

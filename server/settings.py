@@ -105,6 +105,8 @@ class Variant:
     policy: str
     params: Annotated[tuple[tuple[str, Any], ...], FREE_TABLE] = ()
     shadows: tuple[ShadowPolicy, ...] = ()
+    #: Who counts as emerging for this variant (default: the experiment's rule); exposure knobs are policy params.
+    emerging: EmergingRule | None = None
 
     def __post_init__(self) -> None:
         _check_policy(self.policy, self.params)

@@ -178,6 +178,7 @@ def test_metrics_move_with_the_traffic(index_dir, clean_redis, tmp_path) -> None
         assert after["scout_pending_decisions"] == 7
         assert f'scout_index_info{{version="{running.server.service.recommender.index.version}"}}' in after
         assert any(k.startswith("scout_policy_version{") for k in after)
+        assert f'scout_config_info{{version="{running.server.service.recommender.config_version}"}}' in after
         assert 0 <= after['scout_emerging_exposure_share{experiment="home-ranking"}'] <= 1
     finally:
         running.stop()

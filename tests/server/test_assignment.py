@@ -89,3 +89,26 @@ def test_layer_and_traffic_errors_name_the_key(tmp_path: Path) -> None:
     holdout.write_text(base.replace("holdout = 0.1", "holdout = 1.5"))
     with pytest.raises(SettingsError, match=r"experiments\[0\]\.holdout .*must be a number in 0\.\.0\.99"):
         load_settings(holdout, environ={})
+
+
+def test_a_variant_can_define_its_own_emerging_rule(tmp_path: Path, index: IndexArtifact) -> None:
+    config = tmp_path / "scout.toml"
+    config.write_text(
+        '[[experiments]]\nname = "e"\nsalt = "s"\nsurfaces = ["home"]\ncandidates = 20\n'
+        "emerging = { popularity_quantile = 0.2, max_age_days = 90.0 }\n"
+        '[[experiments.variants]]\nname = "a"\nweight = 1.0\npolicy = "epsilon_greedy"\n'
+        '[[experiments.variants]]\nname = "b"\nweight = 1.0\npolicy = "epsilon_greedy"\n'
+        "emerging = { popularity_quantile = 0.9, max_age_days = 3650.0 }\n"
+    )
+    settings = load_settings(config, environ={})
+    recommender = Recommender(settings, index, PolicyBook(settings, index.dim), seed=0)
+    rules: dict[str, set[str]] = {}
+    flagged: dict[str, list[bool]] = {}
+    for k in range(40):
+        record = recommender.decide(RecommendInput(f"user-{k}", "home", 5, {})).record
+        rules.setdefault(record["variant"], set()).add(record["emerging_rule"])
+        flagged.setdefault(record["variant"], []).extend(record["emerging"])
+    assert set(rules) == {"a", "b"} and all(len(r) == 1 for r in rules.values())
+    assert json.loads(next(iter(rules["a"])))["max_age_days"] == 90.0
+    assert json.loads(next(iter(rules["b"])))["max_age_days"] == 3650.0
+    assert sum(flagged["b"]) / len(flagged["b"]) > sum(flagged["a"]) / len(flagged["a"])  # the looser rule flags more
