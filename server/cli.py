@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Replay exported logs with one or more candidate policies, estimate each one's expected slate "
         "reward with intervals and diagnostics, rank them, and say whether each beats the logging policy "
         "(its interval's lower bound, from the primary estimator, above the logged mean). Candidates come from "
-        "snapshot files, fresh policies by type, or a TOML file; fetching a served variant's snapshot from "
-        "Redis by name is not supported yet (export it to a file first).",
+        "snapshot files, a served variant's (or shadow's) current snapshot fetched from Redis by name, fresh "
+        "policies by type, or a TOML file.",
     )
     evaluate.add_argument("--logs", type=Path, required=True, help="Parquet log file or directory")
     evaluate.add_argument("--index", type=Path, required=True, help="the index artifact the logs were made with")
@@ -181,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="[NAME=]FILE",
         help="policy snapshot file to evaluate, repeatable (named by the file's stem unless NAME= is given)",
     )
+    evaluate.add_argument(
+        "--served",
+        action="append",
+        default=[],
+        metavar="EXPERIMENT/VARIANT",
+        help="the current snapshot a variant serves (or EXPERIMENT/VARIANT/shadow:NAME), read from --redis-url; "
+        "repeatable",
+    )
+    evaluate.add_argument(
+        "--redis-url", default=os.environ.get("SCOUT_REDIS_URL"), help="Redis of --served (default SCOUT_REDIS_URL)"
+    )
+    evaluate.add_argument("--key-prefix", default="scout", help="the servers' key_prefix (default scout)")
     evaluate.add_argument("--policy", action="append", default=[], help="fresh policy type to evaluate, repeatable")
     evaluate.add_argument(
         "--candidates",
@@ -359,6 +372,28 @@ def _reload_index(args: argparse.Namespace) -> None:
     )
 
 
+def _served_snapshot(args: argparse.Namespace, name: str) -> bytes:
+    """The snapshot state a served variant (``EXPERIMENT/VARIANT``, or a shadow's key) has in Redis."""
+    import redis
+
+    experiment, sep, variant = name.partition("/")
+    if not (experiment and sep and variant):
+        raise ValueError(f"--served {name!r}: expected EXPERIMENT/VARIANT (or EXPERIMENT/VARIANT/shadow:NAME)")
+    if not args.redis_url:
+        raise ValueError("--served needs --redis-url (or SCOUT_REDIS_URL): the Redis the servers share")
+    key = f"{{{args.key_prefix}}}:policy:{experiment}:{variant}"
+    client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        state = client.hget(key, "state")
+    except redis.RedisError as exc:
+        raise ValueError(f"--served {name!r}: cannot read {key} from --redis-url: {exc}") from exc
+    finally:
+        client.close()
+    if not state:
+        raise ValueError(f"--served {name!r}: no snapshot under {key} (has the learner published one yet?)")
+    return bytes(state)  # type: ignore[arg-type]
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import tomllib
 
@@ -387,6 +422,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         name, sep, file = spec.partition("=")
         path = Path(file if sep else spec)
         candidates.append(Candidate(name if sep else path.stem, load_policy(path.read_bytes(), params)))
+    for name in args.served:
+        candidates.append(Candidate(name, load_policy(_served_snapshot(args, name), params)))
     for policy in args.policy:
         candidates.append(Candidate(policy, create_policy(policy, dim, params)))
     if args.candidates is not None:
@@ -407,7 +444,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                 policy_obj = create_policy(entry["policy"], dim, extra)
             candidates.append(Candidate(str(entry["name"]), policy_obj))
     if not candidates:
-        raise ValueError("give at least one candidate: --snapshot FILE, --policy NAME or --candidates FILE")
+        raise ValueError(
+            "give at least one candidate: --snapshot FILE, --served EXPERIMENT/VARIANT, --policy NAME or "
+            "--candidates FILE"
+        )
     estimators = create_estimators([e.strip() for e in args.estimators.split(",") if e.strip()])
     bar = tqdm(total=len(candidates), desc="candidates", unit="policy", disable=args.no_progress, file=sys.stderr)
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import redis
 from test_estimators import as_log, fitted, simulate
 
 from bandits.epsilon_greedy import EpsilonGreedy
@@ -91,3 +92,31 @@ def test_cli_compares_snapshots_and_writes_json_and_html(
     assert main([*argv[:-4], "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "beats logging" in table and "(logging policy)" in table
+
+
+@pytest.mark.redis
+def test_cli_evaluates_a_served_variant_fetched_from_redis_by_name(
+    index_dir: Path,
+    logged: tuple[list[dict], EpsilonGreedy],
+    tmp_path: Path,
+    clean_redis: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records, logger = logged
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pq.write_table(records_to_table(records), logs / "part-0.parquet")
+    client = redis.Redis.from_url(clean_redis)
+    client.hset("{scout}:policy:home-ranking:control", mapping={"version": 7, "state": logger.to_bytes()})
+    client.close()
+    argv = ["evaluate", "--logs", str(logs), "--index", str(index_dir), "--served", "home-ranking/control"]
+    argv += ["--redis-url", clean_redis, "--json", "--no-progress"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    (served,) = out["candidates"]
+    assert served["name"] == "home-ranking/control"
+    snips = next(e for e in served["estimates"] if e["estimator"] == "snips")
+    assert snips["value"] == pytest.approx(out["logging"]["value"])  # the snapshot that logged these decisions
+    missing = ["evaluate", "--logs", str(logs), "--index", str(index_dir), "--served", "home-ranking/nobody"]
+    assert main([*missing, "--redis-url", clean_redis]) == 2
+    assert "no snapshot under {scout}:policy:home-ranking:nobody" in capsys.readouterr().err
