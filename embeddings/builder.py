@@ -10,6 +10,7 @@ from embeddings.cache import TextVectorCache
 from embeddings.encoder import ContentEncoder, EncoderConfig
 from embeddings.factory import IndexConfig
 from embeddings.index import IndexArtifact
+from embeddings.tower import ContentTower, tower_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -59,4 +60,21 @@ def build_artifact(
     if cache is not None:
         artifact.manifest["build_params"]["text_cache"] = {"hits": cache.hits, "misses": cache.misses}
     log.info("built index %s over %d items", artifact.version, len(artifact))
+    return artifact
+
+
+def build_tower_artifact(
+    catalog: Catalog, tower_bytes: bytes, index_config: IndexConfig | None = None
+) -> IndexArtifact:
+    """Index ``catalog`` with the vectors of a trained content tower (``ContentTower.to_bytes``), stored with it."""
+    if len(catalog) == 0:
+        raise ValueError("the catalog is empty")
+    tower = ContentTower.from_bytes(tower_bytes, device="cpu")
+    text = tower_text_encoder(tower.text_encoder)
+    vectors = tower.encode_features(tower.features(catalog, text))
+    artifact = IndexArtifact.build(catalog, vectors, tower_bytes, index_config)
+    artifact.manifest["build_params"] = {
+        "encoder": {"kind": "content_tower", "dim": tower.config.dim, "text_encoder": tower.text_encoder}
+    }
+    log.info("built index %s over %d items from a trained tower", artifact.version, len(artifact))
     return artifact

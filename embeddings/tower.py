@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from embeddings.base import Catalog, TextEncoder
 from embeddings.encoder import descriptor_stats, hash_tags, resolve_device
+from embeddings.text import HashedTextEncoder, MiniLMTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -304,3 +305,12 @@ class ContentTower(nn.Module):
         )
         tower.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("net.")})
         return tower
+
+
+def tower_text_encoder(name: str, device: str = "cpu") -> TextEncoder:
+    """The text encoder a saved tower was trained with (its recorded name: ``hashed-<buckets>`` or MiniLM)."""
+    if name.startswith("hashed-") and name[len("hashed-") :].isdigit():
+        return HashedTextEncoder(int(name[len("hashed-") :]))
+    if name.startswith("minilm"):
+        return MiniLMTextEncoder(device=device)
+    raise ValueError(f"unknown text encoder {name!r} recorded in the tower")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embeddings.tower import co_engagement_pairs
+from offline_eval.logs import DecisionLog
 from offline_eval.world import SyntheticWorld, user_id
 
 
@@ -41,6 +42,27 @@ def synthetic_engagements(
         units += [user_id(user)] * len(engaged)
         items.append(engaged)
     return np.array(units, dtype=object), (np.concatenate(items) if items else np.zeros(0, np.int64))
+
+
+def logged_engagements(log: DecisionLog) -> tuple[np.ndarray, np.ndarray]:
+    """Engagements in Scout's logs: one row per served item whose observed reward is positive.
+
+    Returns
+    -------
+    unit_ids, item_ids
+        The deciding unit and the engaged item of each row (object arrays); several rows per unit make its
+        co-engagement pairs (:func:`embeddings.tower.co_engagement_pairs`).
+    """
+    units: list[str] = []
+    items: list[str] = []
+    for unit, served, rewards, observed in zip(
+        log["unit_id"], log["item_ids"], log["rewards"], log["reward_observed"], strict=True
+    ):
+        for item, reward, seen in zip(served, rewards, observed, strict=True):
+            if seen and reward > 0:
+                units.append(unit)
+                items.append(item)
+    return np.array(units, dtype=object), np.array(items, dtype=object)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,35 @@ def main(argv: list[str] | None = None) -> int:
         "--target-recall", type=float, default=0.95, help="recall@200 the tuned nprobe/ef-search reach (default 0.95)"
     )
     build.add_argument("--publish", action="store_true", help="write --out/<version>/ and point --out/CURRENT at it")
+    build.add_argument(
+        "--tower", type=Path, help="index with this trained content tower (scout train-tower) instead of the encoder"
+    )
+
+    train = commands.add_parser(
+        "train-tower",
+        help="train the content tower on co-engagement pairs",
+        description="Train the content tower (in-batch InfoNCE) so items engaged by the same units land close "
+        "together, from Scout's exported logs (served items with a positive reward, paired per unit) or from the "
+        "synthetic world that made --catalog (scout world). Writes the weights as npz (no pickle); use them with "
+        "scout build --tower.",
+    )
+    train.add_argument("--catalog", type=Path, required=True, help="catalog Parquet file")
+    train.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--logs", type=Path, help="exported Scout logs (Parquet file or directory)")
+    source.add_argument(
+        "--synthetic-seed", type=int, help="the --seed `scout world` made --catalog with: pairs from its users"
+    )
+    train.add_argument(
+        "--text-encoder", choices=("hashed", "minilm"), default="hashed", help="text input (default hashed)"
+    )
+    train.add_argument("--dim", type=int, default=32, help="vector dimension (default 32)")
+    train.add_argument("--epochs", type=int, default=8, help="passes over the pairs (default 8)")
+    train.add_argument("--batch-size", type=int, default=512, help="pairs per step (default 512)")
+    train.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    train.add_argument("--max-pairs-per-unit", type=int, default=200, help="pairs sampled per unit (default 200)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default auto)")
+    train.add_argument("--seed", type=int, default=0, help="weights and pair order seed (default 0)")
 
     serve = commands.add_parser(
         "serve",
@@ -280,12 +309,64 @@ def _build(args: argparse.Namespace) -> None:
         target_recall=args.target_recall,
     )
     catalog = read_catalog(args.catalog)
-    artifact = build_artifact(catalog, config, progress=True, index_config=index_config, text_cache=args.text_cache)
+    if args.tower is not None:
+        from embeddings.builder import build_tower_artifact
+
+        artifact = build_tower_artifact(catalog, args.tower.read_bytes(), index_config=index_config)
+    else:
+        artifact = build_artifact(catalog, config, progress=True, index_config=index_config, text_cache=args.text_cache)
     if args.publish:
         artifact.publish(args.out)
     else:
         artifact.save(args.out)
     print(json.dumps(artifact.manifest, indent=2))
+
+
+def _train_tower(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from embeddings.catalog import read_catalog
+    from embeddings.encoder import resolve_device
+    from embeddings.text import make_text_encoder
+    from embeddings.tower import ContentTower, TowerConfig, co_engagement_pairs
+
+    catalog = read_catalog(args.catalog)
+    if args.logs is not None:
+        from offline_eval.engagement import logged_engagements
+        from offline_eval.logs import read_logs
+
+        units, item_ids = logged_engagements(read_logs(args.logs))
+        position = {item: k for k, item in enumerate(catalog.item_ids.tolist())}
+        known = np.array([item in position for item in item_ids], dtype=bool)
+        units, items = units[known], np.array([position[i] for i in item_ids[known]], dtype=np.int64)
+        log.info("%d engagements in %s (%d of items not in the catalog)", len(units), args.logs, int((~known).sum()))
+    else:
+        from offline_eval.engagement import synthetic_engagements
+        from offline_eval.world import SyntheticWorld, WorldConfig
+
+        n = len(catalog)
+        world = SyntheticWorld(WorldConfig(num_items=n, num_creators=max(1, n // 20), seed=args.synthetic_seed))
+        same = world.catalog.item_ids.tolist() == catalog.item_ids.tolist()
+        if not same or world.catalog.texts.tolist() != catalog.texts.tolist():
+            raise ValueError(f"{args.catalog}: not the catalog `scout world --seed {args.synthetic_seed}` makes")
+        units, items = synthetic_engagements(world, np.arange(world.config.num_users), 2000, 30, args.seed)
+    pairs = co_engagement_pairs(units, items, args.max_pairs_per_unit, args.seed)
+    if len(pairs) == 0:
+        raise ValueError("no co-engagement pairs: no unit engaged with two catalog items")
+    config = TowerConfig(
+        dim=args.dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+    )
+    text = make_text_encoder(args.text_encoder, 256, device=resolve_device(args.device).type)
+    tower, features = ContentTower.for_catalog(catalog, config, text)
+    report = tower.fit(features, pairs, progress=True)
+    args.out.write_bytes(tower.to_bytes())
+    summary = {"pairs": len(pairs), "device": report.device, "amp": report.amp, "losses": report.losses}
+    print(json.dumps(summary | {"out": str(args.out)}, indent=2))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -539,6 +620,7 @@ COMMANDS = {
     "demo": _demo,
     "world": _world,
     "build": _build,
+    "train-tower": _train_tower,
     "serve": _serve,
     "worker": _worker,
     "reload-index": _reload_index,

@@ -66,3 +66,46 @@ def test_trained_tower_retrieves_cold_items_better_than_the_untrained_encoder(
     )
     untrained = co_engagement_recall(untrained_vectors, split.seeds, split.cold_targets, 50)[0]
     assert trained > 1.2 * untrained, (trained, untrained)
+
+
+@pytest.mark.slow
+def test_train_tower_and_build_with_it_from_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from embeddings.builder import build_tower_artifact
+    from embeddings.catalog import read_catalog
+    from embeddings.index import IndexArtifact
+    from server.cli import main
+
+    catalog_path, weights, out = tmp_path / "catalog.parquet", tmp_path / "tower.npz", tmp_path / "index"
+    assert main(["world", "--items", "400", "--seed", "3", "--out", str(catalog_path)]) == 0
+    argv = ["train-tower", "--catalog", str(catalog_path), "--out", str(weights), "--synthetic-seed", "3"]
+    assert main([*argv, "--epochs", "1", "--dim", "8", "--batch-size", "128", "--device", "cpu"]) == 0
+    tower = ContentTower.from_bytes(weights.read_bytes(), device="cpu")
+    assert tower.config.dim == 8 and tower.text_encoder == "hashed-256"
+    assert main(["build", "--catalog", str(catalog_path), "--out", str(out), "--tower", str(weights)]) == 0
+    artifact = IndexArtifact.load(out)
+    catalog = read_catalog(catalog_path)
+    np.testing.assert_allclose(
+        artifact.vectors, tower.encode_features(tower.features(catalog, HashedTextEncoder(256))), rtol=1e-6
+    )
+    assert artifact.manifest["build_params"]["encoder"]["kind"] == "content_tower"
+    assert ContentTower.from_bytes(artifact.encoder, device="cpu").config.dim == 8  # the weights travel with it
+    assert build_tower_artifact(catalog, weights.read_bytes()).version  # the library path the CLI uses
+    wrong = ["train-tower", "--catalog", str(catalog_path), "--out", str(weights), "--synthetic-seed", "4"]
+    assert main(wrong) == 2  # another seed makes another catalog: refused, naming the file
+
+
+def test_logged_engagements_pair_items_a_unit_rewarded() -> None:
+    from offline_eval.engagement import logged_engagements
+    from offline_eval.logs import SCHEMA, DecisionLog
+
+    columns = {name: [None, None] for name in SCHEMA.names}
+    columns |= {
+        "unit_id": ["u1", "u2"],
+        "item_ids": [["a", "b", "c"], ["a", "d"]],
+        "rewards": [[1.0, 0.0, 2.0], [0.0, 1.0]],
+        "reward_observed": [[True, True, True], [False, True]],
+    }
+    units, items = logged_engagements(DecisionLog(columns))
+    assert units.tolist() == ["u1", "u1", "u2"] and items.tolist() == ["a", "c", "d"]
+    pairs = co_engagement_pairs(units, np.array([0, 2, 3]), max_pairs_per_unit=5, seed=0)
+    assert sorted(map(tuple, np.sort(pairs, axis=1).tolist())) == [(0, 2)]
