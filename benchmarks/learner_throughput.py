@@ -117,7 +117,7 @@ def main() -> None:
 def write(url: str, decisions: list[dict], n: int, rng: np.random.Generator) -> None:
     """Write ``n`` joined entries (the shape the joiner writes) to the joined stream."""
     client = redis.Redis.from_url(url)
-    stream = Store(aioredis.Redis.from_url(url)).joined
+    stream = Store(aioredis.Redis.from_url(url)).joined_keys[0]
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for k in range(n):

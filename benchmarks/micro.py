@@ -47,8 +47,7 @@ from server.app import limit_native_threads  # noqa: E402
 from server.recommender import PolicyBook, Recommender, RecommendInput  # noqa: E402
 from server.redis_server import RedisProcess  # noqa: E402
 from server.settings import load_settings  # noqa: E402
-from server.store import Store  # noqa: E402
-from server.worker import redis_client  # noqa: E402
+from server.store import Store, redis_client  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from embeddings.index import IndexArtifact
 from server.admin import AdminService
 from server.config_reloader import ConfigReloader
-from server.exporter import Exporter
 from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
 from server.loops import Loop, process_identity, sleep_until
@@ -29,10 +28,10 @@ from server.reloader import IndexReloader
 from server.security import TokenAuth, load_tokens, server_credentials
 from server.service import RecommenderService
 from server.settings import Settings
-from server.store import Store
+from server.store import Store, settings_store
 from server.supervisor import WORKER_INDEX_ENV
 from server.validation import add_recommender_to_server
-from server.worker import Background, redis_client, start_background
+from server.worker import Background, start_background
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scout_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -65,9 +64,9 @@ class ScoutServer:
     metrics_port: int | None = None
 
     @property
-    def exporter(self) -> Exporter | None:
-        """The decision exporter running in this process, if any."""
-        return self.background.exporter
+    def exported(self) -> int:
+        """Decisions the exporters of this process have exported."""
+        return self.background.exported
 
     @property
     def learner(self) -> Learner | None:
@@ -177,7 +176,7 @@ async def start_server(
             settings.data_dir, appendfsync=settings.redis_appendfsync, maxmemory=settings.redis_maxmemory
         )
         url = redis_process.url
-    store = Store(redis_client(url), settings.key_prefix)
+    store = settings_store(settings, url)
     metrics = Metrics()
     try:
         credentials = server_credentials(settings.security)  # bad files fail here, before anything listens
@@ -186,6 +185,7 @@ async def start_server(
         if settings.security.tokens_file is not None:
             interceptors.append(TokenAuth(load_tokens(settings.security.tokens_file)))
         await store.client.ping()
+        await store.positions()  # a learner position of another shard count fails here, saying so
         policies = PolicyBook(settings, index.dim)
         await refresh_policies(store, policies)
         server = grpc.aio.server(

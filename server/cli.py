@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument(
         "--redis-url", default=os.environ.get("SCOUT_REDIS_URL"), help="Redis of --served (default SCOUT_REDIS_URL)"
     )
+    evaluate.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("SCOUT_REDIS_CLUSTER", "").lower() in ("1", "true"),
+        help="--redis-url names a node of a Redis Cluster (default SCOUT_REDIS_CLUSTER)",
+    )
     evaluate.add_argument("--key-prefix", default="scout", help="the servers' key_prefix (default scout)")
     evaluate.add_argument("--policy", action="append", default=[], help="fresh policy type to evaluate, repeatable")
     evaluate.add_argument(
@@ -463,7 +469,8 @@ def _served_snapshot(args: argparse.Namespace, name: str) -> bytes:
     if not args.redis_url:
         raise ValueError("--served needs --redis-url (or SCOUT_REDIS_URL): the Redis the servers share")
     key = f"{{{args.key_prefix}}}:policy:{experiment}:{variant}"
-    client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    connect = redis.RedisCluster.from_url if args.redis_cluster else redis.Redis.from_url
+    client = connect(args.redis_url, socket_connect_timeout=5, socket_timeout=10)
     try:
         state = client.hget(key, "state")
     except redis.RedisError as exc:

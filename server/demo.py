@@ -220,10 +220,10 @@ async def _reward(stub: scout_pb2_grpc.RecommenderStub, event_id: str, item_id: 
 async def _wait_for_export(server: ScoutServer, expected: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     with tqdm(total=expected, desc="waiting for reward windows and joins", unit="dec") as bar:
-        while server.exporter is not None and server.exporter.exported < expected:
+        while server.exported < expected:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {server.exporter.exported} of {expected} decisions exported")
-            bar.update(server.exporter.exported - bar.n)
+                raise RuntimeError(f"only {server.exported} of {expected} decisions exported")
+            bar.update(server.exported - bar.n)
             await asyncio.sleep(0.2)
         bar.update(expected - bar.n)
 
@@ -237,10 +237,7 @@ async def _learned_snapshot(server: ScoutServer, experiment: str, variant: str, 
     store = server.store
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        info: Any = await store.client.xinfo_stream(store.joined)
-        position: Any = await store.client.hget(store.learner, "position")
-        last = info["last-generated-id"]
-        if position is not None and position == (last if isinstance(last, bytes) else str(last).encode()):
+        if await store.learner_caught_up():
             break
         await asyncio.sleep(0.2)
     else:

@@ -37,7 +37,7 @@ import redis
 
 from offline_eval.logs import SCHEMA_VERSION, records_to_table
 from server.settings import ExportSettings
-from server.store import Store, joined_record
+from server.store import Store, joined_record, stream_id
 
 log = logging.getLogger(__name__)
 LATE_SCHEMA = pa.schema(
@@ -62,34 +62,45 @@ class Dataset:
     to_table: Callable[[list[dict[str, Any]]], pa.Table]
     date_ms: Callable[[dict[str, Any]], int]
     key_columns: tuple[str, ...]
+    shard: int = 0
+    #: Added to file names and in-flight records when decisions are sharded ("" with one shard).
+    shard_label: str = ""
 
 
-def decision_dataset(store: Store, settings: ExportSettings) -> Dataset:
-    """Joined decisions, partitioned by decision date."""
+def decision_dataset(store: Store, settings: ExportSettings, shard: int = 0) -> Dataset:
+    """Joined decisions of one shard, partitioned by decision date."""
     return Dataset(
         "decisions",
-        store.joined,
+        store.joined_keys[shard],
         "exporter",
         settings.log_dir,
         joined_record,
         records_to_table,
         _decided_at,
         ("event_id",),
+        shard,
+        _shard_label(store, shard),
     )
 
 
-def late_dataset(store: Store, settings: ExportSettings) -> Dataset:
-    """Rewards that arrived after their decision's window, partitioned by the date they arrived."""
+def late_dataset(store: Store, settings: ExportSettings, shard: int = 0) -> Dataset:
+    """Rewards of one shard that arrived after their decision's window, partitioned by the date they arrived."""
     return Dataset(
         "late",
-        store.late,
+        store.late_keys[shard],
         "late-exporter",
         settings.late_dir,
         late_record,
         _late_table,
         _received_at,
         ("event_id", "item_id"),
+        shard,
+        _shard_label(store, shard),
     )
+
+
+def _shard_label(store: Store, shard: int) -> str:
+    return "" if store.shards == 1 else f"s{shard}-"
 
 
 def late_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -249,15 +260,18 @@ class Exporter:
                 if done:
                     await client.xack(ds.stream, ds.group, *done)
                 claimed += len(entries)
-            await client.hdel(self.store.inflight, f"{ds.name}:{name}")
+            await client.hdel(self.store.inflight, self._inflight_field(name))
             await client.xgroup_delconsumer(ds.stream, ds.group, name)
             log.warning("%s: claimed %d entries of dead exporter %s", ds.name, claimed, name)
         self.claimed += claimed
         return claimed
 
     async def _inflight_paths(self, consumer: str) -> list[str]:
-        paths: Any = await self.store.client.hget(self.store.inflight, f"{self.dataset.name}:{consumer}")
+        paths: Any = await self.store.client.hget(self.store.inflight, self._inflight_field(consumer))
         return (paths or b"").decode().splitlines()
+
+    def _inflight_field(self, consumer: str) -> str:
+        return f"{self.dataset.name}:{self.dataset.shard_label}{consumer}"
 
     def _written_by(self, paths: list[str]) -> set[tuple[Any, ...]]:
         """Row keys in the files a dead consumer was writing when it died (only files that reached disk)."""
@@ -289,11 +303,13 @@ class Exporter:
         for entry_id, record in self.buffer.items():
             day = dt.datetime.fromtimestamp(self.dataset.date_ms(record) / 1000, tz=dt.UTC).date().isoformat()
             groups[day].append(entry_id)
+        ds = self.dataset
         paths = {
-            day: self.dataset.directory / f"date={day}" / f"part-{ids[0].replace('-', '_')}-{self.consumer}.parquet"
+            day: ds.directory / f"date={day}" / f"part-{ids[0].replace('-', '_')}-{ds.shard_label}{self.consumer}"
+            ".parquet"
             for day, ids in groups.items()
         }
-        field = f"{self.dataset.name}:{self.consumer}"
+        field = self._inflight_field(self.consumer)
         await self.store.client.hset(self.store.inflight, field, "\n".join(str(p) for p in paths.values()))
         await asyncio.to_thread(self._write, groups, paths)
         ids = list(self.buffer)
@@ -330,17 +346,15 @@ class Exporter:
         groups: Any = await client.xinfo_groups(stream)
         for group in groups:
             last = group["last-delivered-id"]
-            low = _stream_id(last.decode() if isinstance(last, bytes) else str(last))
+            low = stream_id(last.decode() if isinstance(last, bytes) else str(last))
             if group["pending"]:
                 summary: Any = await client.xpending(stream, group["name"])
                 first = summary["min"]
-                low = min(low, _stream_id(first.decode() if isinstance(first, bytes) else str(first)))
+                low = min(low, stream_id(first.decode() if isinstance(first, bytes) else str(first)))
             floor = low if floor is None else min(floor, low)
-        if stream == self.store.joined:
-            learned: Any = await client.hget(self.store.learner, "position")
-            if learned is None:
-                return
-            low = _stream_id(learned.decode())
+        if self.dataset.name == "decisions":
+            _, positions = await self.store.positions()
+            low = stream_id(positions[self.dataset.shard])
             floor = low if floor is None else min(floor, low)
         if floor is not None:
             await client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}")
@@ -351,8 +365,3 @@ class Exporter:
             await self._prepare()
         while await self.poll() > 0:
             await self.flush()
-
-
-def _stream_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -39,7 +39,7 @@ from offline_eval.served import SERVED_COLUMNS, SERVED_SCHEMA, ServedBatch, serv
 from server.indexes import IndexVersions
 from server.recommender import PolicyBook
 from server.settings import LearnerSettings, LimitSettings
-from server.store import PUBLISHED, Store, joined_record
+from server.store import PUBLISHED, Store, joined_record, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class Learner:
         self.limits = limits
         self.policies = make_policies()
         self.keys = {key for key, _ in self.policies.items()}
-        self.position = "0-0"
+        self.position = "0-0"  # as published: one stream id per shard, comma-separated
+        self.positions = ["0-0"] * store.shards
         self.restored = False
         self.leader = False
         self.applied = 0
@@ -93,11 +94,11 @@ class Learner:
 
     async def restore(self) -> None:
         """Reload the published snapshots and the stream position they include."""
-        position: Any = await self.store.client.hget(self.store.learner, "position")
+        position, positions = await self.store.positions()
         policies = self.make_policies()
         await refresh_policies(self.store, policies)
         self.policies = policies
-        self.position = position.decode() if position else "0-0"
+        self.position, self.positions = position, positions
         self.restored = True
         log.info("learner %s resumes after joined entry %s", self.owner, self.position)
 
@@ -116,13 +117,25 @@ class Learner:
         return 0.0 if await self.apply_batch() >= self.settings.batch else self.settings.poll_interval_s
 
     async def apply_batch(self) -> int:
-        """Apply the next batch of joined entries and publish; returns how many entries were read."""
-        reply: Any = await self.store.client.xread({self.store.joined: self.position}, count=self.settings.batch)
-        if not reply:
+        """Apply the next batch of joined entries and publish; returns how many entries were read.
+
+        The batch is the oldest ``learner.batch`` entries over all shards' streams, merged by entry id (time).
+        """
+        merged: list[tuple[tuple[int, int], int, Any, dict[bytes, bytes]]] = []
+        for shard, stream in enumerate(self.store.joined_keys):
+            reply: Any = await self.store.client.xread({stream: self.positions[shard]}, count=self.settings.batch)
+            for entry_id, fields in reply[0][1] if reply else ():
+                text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                merged.append((stream_id(text), shard, text, fields))
+        if not merged:
             return 0
-        entries = reply[0][1]
-        last = entries[-1][0]
-        position = last.decode() if isinstance(last, bytes) else str(last)
+        merged.sort(key=lambda e: e[:2])
+        merged = merged[: self.settings.batch]
+        positions = list(self.positions)
+        for _, shard, text, _ in merged:
+            positions[shard] = text
+        entries = [(text, fields) for _, _, text, fields in merged]
+        position = ",".join(positions)
         loop = asyncio.get_running_loop()
         snapshots, applied, skipped = await loop.run_in_executor(self._executor, self._learn, entries)
         outcome = await self.store.publish(
@@ -132,7 +145,7 @@ class Learner:
             log.warning("learner %s: publish refused (%d); reloading the published state", self.owner, outcome)
             self.restored = False
             return 0
-        self.position = position
+        self.position, self.positions = position, positions
         self.applied += applied
         self.skipped += skipped
         return len(entries)

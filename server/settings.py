@@ -28,6 +28,8 @@ from bandits.registry import POLICIES, create_policy
 DEFAULTS = Path(__file__).with_name("defaults.toml")
 ENVIRONMENT = {
     "SCOUT_REDIS_URL": ("redis_url",),
+    "SCOUT_REDIS_CLUSTER": ("redis_cluster",),
+    "SCOUT_REDIS_SHARDS": ("redis_shards",),
     "SCOUT_INDEX": ("index",),
     "SCOUT_HOST": ("server", "host"),
     "SCOUT_PORT": ("server", "port"),
@@ -267,11 +269,26 @@ class Settings:
     redis_appendfsync: str = "everysec"
     redis_maxmemory: str = "1gb"
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    redis_cluster: bool = False
+    redis_shards: Annotated[int, Bounds(ge=0, le=1024)] = 0
+
+    @property
+    def shards(self) -> int:
+        """How many shards decisions are spread over: ``redis_shards``, or when 0, 16 on a cluster and 1 otherwise."""
+        return self.redis_shards or (16 if self.redis_cluster else 1)
 
     def __post_init__(self) -> None:
         if self.redis_appendfsync not in ("always", "everysec", "no"):
             raise FieldError(
                 ("redis_appendfsync",), f"must be one of always, everysec, no; got {self.redis_appendfsync!r}"
+            )
+        if not self.key_prefix or any(c in self.key_prefix for c in "{},") or len(self.key_prefix) > 64:
+            raise FieldError(
+                ("key_prefix",), f"must be 1-64 characters without braces or commas, got {self.key_prefix!r}"
+            )
+        if self.redis_cluster and not self.redis_url:
+            raise FieldError(
+                ("redis_cluster",), "needs redis_url (a node of the cluster): the embedded Redis is not a cluster"
             )
         if not self.experiments:
             raise FieldError(("experiments",), "at least one [[experiments]] table is required")

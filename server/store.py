@@ -1,36 +1,48 @@
 """Scout's shared state in Redis: decisions awaiting their rewards, the join, streams and policy snapshots.
 
-Keys (all under one hash tag, so a Redis Cluster keeps them in one slot), each bounded by a TTL or a trim:
+Decisions are spread over ``shards`` (``redis_shards``): decision ``e`` belongs to shard
+``crc32(e) mod shards``, and each shard's keys share the hash tag ``{p:<shard>}`` (``{p}`` with one shard, where
+``p`` is ``key_prefix``), so a Redis Cluster spreads the shards over its slots while every script still touches
+one slot. Per shard, each key bounded by a TTL or a trim:
 
-- ``{p}:pending:<event_id>``: hash with the decision JSON, its served items and one ``r:<item_id>`` per reward;
+- ``{s}:pending:<event_id>``: hash with the decision JSON, its served items and one ``r:<item_id>`` per reward;
   expires ``join.pending_ttl_s`` after the decision (far beyond the window: only a joiner down that long loses it);
-- ``{p}:due``: sorted set of pending event ids by the time their reward window closes (joining removes them);
-- ``{p}:closed:<event_id>``: a joined decision's served items and its late rewards, for ``join.closed_ttl_s``;
-- ``{p}:decisions``: optional stream of decision ids as made, for real-time consumers (``join.decision_stream_maxlen``,
-  0 = off); the decision itself is stored once, in its pending hash;
-- ``{p}:joined``: stream of joined decisions, read by the learner and the exporters; trimmed below what both have
+- ``{s}:due``: sorted set of pending event ids by the time their reward window closes (joining removes them);
+- ``{s}:closed:<event_id>``: a joined decision's served items and its late rewards, for ``join.closed_ttl_s``;
+- ``{s}:decisions``: optional stream of decision ids as made, for real-time consumers
+  (``join.decision_stream_maxlen``, 0 = off); the decision itself is stored once, in its pending hash;
+- ``{s}:joined``: stream of joined decisions, read by the learner and the exporters; trimmed below what both have
   consumed and capped at ``join.joined_stream_maxlen``;
-- ``{p}:late``: stream of rewards that arrived after their decision was joined (capped at ``join.late_stream_maxlen``);
+- ``{s}:late``: stream of rewards that arrived after their decision was joined (capped at
+  ``join.late_stream_maxlen``).
+
+Shared by all shards, under the hash tag ``{p}``:
+
 - ``{p}:policy:<experiment>:<variant>``: the latest policy snapshot (``version``, ``state``);
-- ``{p}:learner``: the id of the last joined entry the published snapshots include (``position``) and how many
-  entries were applied and skipped as poisonous (``applied``, ``skipped``); ``{p}:learner:lease``: which
-  learner may publish (expires unless renewed);
+- ``{p}:learner``: per shard, the id of the last joined entry the published snapshots include (``position``,
+  comma-separated in shard order) and how many entries were applied and skipped as poisonous (``applied``,
+  ``skipped``); ``{p}:learner:lease``: which learner may publish (expires unless renewed);
+- ``{p}:paused``: paused variants;
 - ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
   writing before acknowledging it.
 
-Recording a decision, accepting a reward, joining and publishing are each one Lua script, so they are atomic: a
-reward is either recorded before its decision is joined or kept as late, each decision is joined exactly once even
-with several joiners, and only the learner holding the lease, from the position it read, can publish.
+Recording a decision, accepting a reward, joining and publishing are each one Lua script that declares every key
+it touches, so they are atomic: a reward is either recorded before its decision is joined or kept as late, each
+decision is joined exactly once even with several joiners, and only the learner holding the lease, from the
+positions it read, can publish. The number of shards must not change while decisions are pending (drain first).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+
+from server.settings import Settings
 
 _RECORD = """
 redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'items', ARGV[2])
@@ -77,23 +89,24 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
 return -1
 """
 
+# KEYS: due, joined, then each id's pending and closed keys; ARGV: now, closed TTL, stream cap, then the ids. An id
+# another joiner already took is no longer in the due set, so each decision is joined once.
 _JOIN = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local joined = 0
-for _, id in ipairs(ids) do
-  local key = ARGV[4] .. ':pending:' .. id
-  local fields = redis.call('HGETALL', key)
-  if #fields > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event_id', id, 'joined_at', ARGV[1], unpack(fields))
-    local closed = ARGV[4] .. ':closed:' .. id
-    redis.call('HSET', closed, 'items', redis.call('HGET', key, 'items'))
-    redis.call('EXPIRE', closed, tonumber(ARGV[3]))
-    joined = joined + 1
+for i = 4, #ARGV do
+  local id, key, closed = ARGV[i], KEYS[2 * i - 5], KEYS[2 * i - 4]
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local fields = redis.call('HGETALL', key)
+    if #fields > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event_id', id, 'joined_at', ARGV[1], unpack(fields))
+      redis.call('HSET', closed, 'items', redis.call('HGET', key, 'items'))
+      redis.call('EXPIRE', closed, tonumber(ARGV[2]))
+      joined = joined + 1
+    end
+    redis.call('DEL', key)
   end
-  redis.call('DEL', key)
-  redis.call('ZREM', KEYS[1], id)
 end
-return {#ids, joined}
+return joined
 """
 
 _PUBLISH = """
@@ -102,8 +115,8 @@ if owner ~= ARGV[1] then return -1 end
 local position = redis.call('HGET', KEYS[1], 'position') or '0-0'
 if position ~= ARGV[2] then return -2 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-for i = 7, #ARGV, 3 do
-  redis.call('HSET', ARGV[i], 'version', ARGV[i + 1], 'state', ARGV[i + 2])
+for i = 3, #KEYS do
+  redis.call('HSET', KEYS[i], 'version', ARGV[2 * i + 1], 'state', ARGV[2 * i + 2])
 end
 redis.call('HSET', KEYS[1], 'position', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'applied', ARGV[5])
@@ -136,18 +149,25 @@ class Store:
     Parameters
     ----------
     client
-        A ``redis.asyncio.Redis`` client.
+        A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` client (see :func:`redis_client`).
     prefix
         Key prefix (used as a hash tag).
+    shards
+        How many shards the decisions are spread over (1: every key under the one hash tag ``{prefix}``).
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "scout") -> None:
+    def __init__(self, client: Any, prefix: str = "scout", shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
         self.client = client
+        self.shards = shards
         self.prefix = f"{{{prefix}}}"
-        self.due = f"{self.prefix}:due"
-        self.decisions = f"{self.prefix}:decisions"
-        self.joined = f"{self.prefix}:joined"
-        self.late = f"{self.prefix}:late"
+        tags = [self.prefix] if shards == 1 else [f"{{{prefix}:{k}}}" for k in range(shards)]
+        self._tags = tags
+        self.due_keys = tuple(f"{t}:due" for t in tags)
+        self.decision_keys = tuple(f"{t}:decisions" for t in tags)
+        self.joined_keys = tuple(f"{t}:joined" for t in tags)
+        self.late_keys = tuple(f"{t}:late" for t in tags)
         self.learner = f"{self.prefix}:learner"
         self.lease = f"{self.prefix}:learner:lease"
         self.inflight = f"{self.prefix}:export:inflight"
@@ -160,9 +180,17 @@ class Store:
         self._publish = client.register_script(_PUBLISH)
         self._lease = client.register_script(_LEASE)
 
+    def shard_of(self, event_id: str) -> int:
+        """The shard a decision's keys live in."""
+        return 0 if self.shards == 1 else zlib.crc32(event_id.encode()) % self.shards
+
     def pending_key(self, event_id: str) -> str:
         """Key of a decision waiting for its window to close."""
-        return f"{self.prefix}:pending:{event_id}"
+        return f"{self._tags[self.shard_of(event_id)]}:pending:{event_id}"
+
+    def closed_key(self, event_id: str) -> str:
+        """Key of a joined decision's served items and late rewards."""
+        return f"{self._tags[self.shard_of(event_id)]}:closed:{event_id}"
 
     def alive_key(self, consumer: str) -> str:
         """Heartbeat key of an exporter consumer."""
@@ -173,9 +201,10 @@ class Store:
     ) -> None:
         """Store a decision for joining at ``due_ms`` (epoch ms), expiring ``ttl_s`` after now if never joined."""
         event_id = decision["event_id"]
+        shard = self.shard_of(event_id)
         items = "\n" + "\n".join(decision["item_ids"]) + "\n"
         await self._record(
-            keys=[self.pending_key(event_id), self.due, self.decisions],
+            keys=[self.pending_key(event_id), self.due_keys[shard], self.decision_keys[shard]],
             args=[
                 orjson.dumps(decision, option=orjson.OPT_SERIALIZE_NUMPY),  # ~14x json.dumps; never non-finite
                 items,
@@ -188,7 +217,8 @@ class Store:
 
     async def unrecord_decision(self, event_id: str) -> bool:
         """Withdraw a decision that was never delivered (not yet joined); True when it was withdrawn."""
-        return bool(await self._unrecord(keys=[self.pending_key(event_id), self.due], args=[event_id]))
+        due = self.due_keys[self.shard_of(event_id)]
+        return bool(await self._unrecord(keys=[self.pending_key(event_id), due], args=[event_id]))
 
     async def record_reward(self, event_id: str, item_id: str, value: float, late_maxlen: int = 100000) -> int:
         """Record a reward: ``ACCEPTED``, ``DUPLICATE``, ``LATE``, ``LATE_DUPLICATE``, ``UNKNOWN`` or ``NOT_IN_SLATE``.
@@ -196,48 +226,91 @@ class Store:
         A reward for a decision already joined (but closed less than ``join.closed_ttl_s`` ago) is appended once per
         (event, item) to the late stream and answered ``LATE``; it never enters training.
         """
-        keys = [self.pending_key(event_id), f"{self.prefix}:closed:{event_id}", self.late]
+        late = self.late_keys[self.shard_of(event_id)]
+        keys = [self.pending_key(event_id), self.closed_key(event_id), late]
         args: list[str | int] = [item_id, repr(float(value)), now_ms(), late_maxlen, event_id]
         return int(await self._reward(keys=keys, args=args))
 
     async def record_exposure(self, event_id: str) -> int:
         """Mark a pending decision exposed: ``ACCEPTED``, ``DUPLICATE``, ``UNKNOWN`` or ``CLOSED`` (window closed)."""
-        keys = [self.pending_key(event_id), f"{self.prefix}:closed:{event_id}"]
+        keys = [self.pending_key(event_id), self.closed_key(event_id)]
         return int(await self._expose(keys=keys, args=[now_ms()]))
 
+    async def join_shard(
+        self, shard: int, now: int, limit: int, closed_ttl_s: int, joined_maxlen: int = 1_000_000
+    ) -> int:
+        """Join up to ``limit`` decisions of ``shard`` whose window closed by ``now`` (epoch ms); returns how many.
+
+        The due ids are read first, then joined by one script that declares each one's keys and skips any id another
+        joiner took in between.
+        """
+        due = self.due_keys[shard]
+        raw: Any = await self.client.zrangebyscore(due, "-inf", now, start=0, num=limit)
+        if not raw:
+            return 0
+        ids = [i.decode() for i in raw]
+        keys = [due, self.joined_keys[shard]]
+        for event_id in ids:
+            keys += [self.pending_key(event_id), self.closed_key(event_id)]
+        await self._join(keys=keys, args=[now, closed_ttl_s, joined_maxlen, *ids])
+        return len(ids)
+
     async def join_due(self, now: int, limit: int, closed_ttl_s: int, joined_maxlen: int = 1_000_000) -> int:
-        """Join up to ``limit`` decisions whose window closed by ``now`` (epoch ms); returns how many were due."""
-        reply: Any = await self._join(
-            keys=[self.due, self.joined], args=[now, limit, closed_ttl_s, self.prefix, joined_maxlen]
-        )
-        return int(reply[0])
+        """Join up to ``limit`` due decisions per shard (see :meth:`join_shard`); returns how many were due."""
+        total = 0
+        for shard in range(self.shards):
+            total += await self.join_shard(shard, now, limit, closed_ttl_s, joined_maxlen)
+        return total
 
     async def pending_count(self) -> int:
         """Decisions still waiting for their reward window to close."""
-        return int(await self.client.zcard(self.due))
+        total = 0
+        for due in self.due_keys:
+            total += int(await self.client.zcard(due))
+        return total
+
+    async def positions(self) -> tuple[str, list[str]]:
+        """The learner's published position as stored (``"0-0"`` before any) and parsed: one stream id per shard."""
+        raw: Any = await self.client.hget(self.learner, "position")
+        text = raw.decode() if raw else "0-0"
+        return text, parse_positions(text, self.shards)
+
+    async def learner_caught_up(self) -> bool:
+        """Whether the learner's published snapshots include every decision joined so far, in every shard."""
+        _, positions = await self.positions()
+        for stream, position in zip(self.joined_keys, positions, strict=True):
+            if await self.client.exists(stream):
+                info: Any = await self.client.xinfo_stream(stream)
+                last = info["last-generated-id"]
+                if (last.decode() if isinstance(last, bytes) else str(last)) != position:
+                    return False
+        return True
 
     async def lags(self) -> tuple[int, float, float]:
         """Pending decisions, join lag and learner lag (seconds), for metrics.
 
         Join lag is how far the oldest pending decision is past its due time (0 when the joiner keeps up); learner
-        lag is how much older the learner's stream position is than the newest joined decision.
+        lag is how much older the learner's stream position is than the newest joined decision (worst shard).
         """
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.due)
-            pipe.zrange(self.due, 0, 0, withscores=True)
-            pipe.hget(self.learner, "position")
-            pipe.xrevrange(self.joined, count=1)
-            pipe.xrange(self.joined, count=1)
-            pending, oldest, position, newest, first = await pipe.execute()
-        join_lag = max(0.0, (now_ms() - oldest[0][1]) / 1000) if oldest else 0.0
-        learner_lag = 0.0
-        if newest:
-            newest_ms = int(newest[0][0].split(b"-")[0])
-            position_ms = int((position or b"0-0").split(b"-")[0])
-            if position_ms == 0:  # nothing applied yet: everything joined so far is behind
-                position_ms = int(first[0][0].split(b"-")[0]) - 1
-            learner_lag = max(0.0, (newest_ms - position_ms) / 1000)
-        return int(pending), join_lag, learner_lag
+        _, positions = await self.positions()
+        pending, join_lag, learner_lag = 0, 0.0, 0.0
+        for shard in range(self.shards):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.due_keys[shard])
+                pipe.zrange(self.due_keys[shard], 0, 0, withscores=True)
+                pipe.xrevrange(self.joined_keys[shard], count=1)
+                pipe.xrange(self.joined_keys[shard], count=1)
+                count, oldest, newest, first = await pipe.execute()
+            pending += int(count)
+            if oldest:
+                join_lag = max(join_lag, (now_ms() - oldest[0][1]) / 1000)
+            if newest:
+                newest_ms = int(newest[0][0].split(b"-")[0])
+                position_ms = int(positions[shard].split("-")[0])
+                if position_ms == 0:  # nothing applied yet: everything joined so far is behind
+                    position_ms = int(first[0][0].split(b"-")[0]) - 1
+                learner_lag = max(learner_lag, (newest_ms - position_ms) / 1000)
+        return pending, join_lag, learner_lag
 
     async def set_paused(self, experiment: str, variant: str, paused: bool) -> None:
         """Pause (or resume) a variant for every process sharing this Redis."""
@@ -275,10 +348,43 @@ class Store:
         ``applied`` and ``skipped`` add to the learner's counters (``HGET {p}:learner applied|skipped``).
         Returns ``PUBLISHED``, ``LEASE_LOST`` or ``POSITION_MOVED`` (the position is no longer ``expected``).
         """
+        keys = [self.learner, self.lease]
         args: list[Any] = [owner, expected, position, int(ttl_s * 1000), applied, skipped]
         for key, version, state in snapshots:
-            args += [key, version, state]
-        return int(await self._publish(keys=[self.learner, self.lease], args=args))
+            keys.append(key)
+            args += [version, state]
+        return int(await self._publish(keys=keys, args=args))
+
+
+def parse_positions(text: str, shards: int) -> list[str]:
+    """One stream id per shard from the learner's stored position (``"0-0"``: nothing applied in any shard)."""
+    if text == "0-0":
+        return ["0-0"] * shards
+    positions = text.split(",")
+    if len(positions) != shards:
+        raise ValueError(
+            f"the learner's position {text!r} names {len(positions)} shard(s) but redis_shards is {shards}: the "
+            "shard count changed while decisions were in flight (drain and reset the learner before changing it)"
+        )
+    return positions
+
+
+def redis_client(url: str, cluster: bool = False) -> Any:
+    """An asyncio Redis (or Redis Cluster) client with timeouts, so a stalled Redis surfaces as an error."""
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as a pair that sorts like the ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def settings_store(settings: Settings, url: str) -> Store:
+    """The store for ``settings`` (prefix, cluster mode and shards) over the Redis at ``url``."""
+    return Store(redis_client(url, settings.redis_cluster), settings.key_prefix, settings.shards)
 
 
 def now_ms() -> int:

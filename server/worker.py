@@ -12,26 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from embeddings.index import IndexArtifact
 from server.config_reloader import ConfigReloader
-from server.exporter import Exporter, late_dataset
+from server.exporter import Exporter, decision_dataset, late_dataset
 from server.indexes import IndexVersions, versions_root
 from server.joiner import Joiner
 from server.learner import Learner
 from server.loops import Loop, process_identity
 from server.recommender import PolicyBook
 from server.settings import Settings
-from server.store import Store
+from server.store import Store, settings_store
 
 log = logging.getLogger(__name__)
 ROLES = ("joiner", "learner", "exporter")
-
-
-def redis_client(url: str) -> aioredis.Redis:
-    """An asyncio Redis client with timeouts, so a stalled Redis surfaces as an error instead of a hang."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
 
 
 @dataclass
@@ -41,8 +34,13 @@ class Background:
     loops: list[Loop] = field(default_factory=list)
     joiner: Joiner | None = None
     learner: Learner | None = None
-    exporter: Exporter | None = None
-    late_exporter: Exporter | None = None
+    exporters: list[Exporter] = field(default_factory=list)  # joined decisions, one per shard
+    late_exporters: list[Exporter] = field(default_factory=list)  # late rewards, one per shard
+
+    @property
+    def exported(self) -> int:
+        """Decisions this process has exported."""
+        return sum(e.exported for e in self.exporters)
 
     async def wait(self) -> None:
         """Wait for every loop to end (after their stop event is set)."""
@@ -76,10 +74,14 @@ def start_background(
         )
         bg.loops.append(Loop("learner", bg.learner.step, stop))
     if "exporter" in roles:
-        bg.exporter = Exporter(store, settings.export, name)
-        bg.late_exporter = Exporter(store, settings.export, name, late_dataset(store, settings.export))
-        bg.loops.append(Loop("exporter", bg.exporter.step, stop, final=bg.exporter.final))
-        bg.loops.append(Loop("late-exporter", bg.late_exporter.step, stop, final=bg.late_exporter.final))
+        for shard in range(store.shards):
+            suffix = "" if store.shards == 1 else f"-s{shard}"
+            exporter = Exporter(store, settings.export, name, decision_dataset(store, settings.export, shard))
+            late = Exporter(store, settings.export, name, late_dataset(store, settings.export, shard))
+            bg.exporters.append(exporter)
+            bg.late_exporters.append(late)
+            bg.loops.append(Loop(f"exporter{suffix}", exporter.step, stop, final=exporter.final))
+            bg.loops.append(Loop(f"late-exporter{suffix}", late.step, stop, final=late.final))
     for loop in bg.loops:
         loop.start()
     log.info("background %s started as %s", ", ".join(roles), name)
@@ -102,7 +104,8 @@ async def run_worker(
             "(the embedded Redis belongs to the scout serve that started it)"
         )
     index = IndexArtifact.load(settings.index)
-    store = Store(redis_client(settings.redis_url), settings.key_prefix)
+    store = settings_store(settings, settings.redis_url)
+    await store.positions()  # a learner position of another shard count fails here, saying so
     bg = start_background(store, settings, index, stop, roles)
     if config is not None and bg.learner is not None:
         learner, dim = bg.learner, index.dim

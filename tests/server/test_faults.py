@@ -208,19 +208,23 @@ def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no
         time.sleep(0.1)
 
 
-def drained(client: redis.Redis) -> bool:
-    """Nothing pending, everything joined, exported and learned."""
-    if client.zcard(f"{PREFIX}:due"):
-        return False
-    for stream in (f"{PREFIX}:joined", f"{PREFIX}:late"):
-        if not client.exists(stream):
-            continue
-        last = client.xinfo_stream(stream)["last-generated-id"]
-        for group in client.xinfo_groups(stream):
-            if group["pending"] or group["last-delivered-id"] != last:
-                return False
-        if stream.endswith("joined") and client.xlen(stream) and client.hget(f"{PREFIX}:learner", "position") != last:
+def drained(client: redis.Redis, shards: int = 1) -> bool:
+    """Nothing pending, everything joined, exported and learned (in every shard)."""
+    tags = [PREFIX] if shards == 1 else [f"{{scout:{k}}}" for k in range(shards)]
+    raw = client.hget(f"{PREFIX}:learner", "position")
+    positions = raw.decode().split(",") if raw else [None] * shards
+    for tag, position in zip(tags, positions, strict=True):
+        if client.zcard(f"{tag}:due"):
             return False
+        for stream in (f"{tag}:joined", f"{tag}:late"):
+            if not client.exists(stream):
+                continue
+            last = client.xinfo_stream(stream)["last-generated-id"]
+            for group in client.xinfo_groups(stream):
+                if group["pending"] or group["last-delivered-id"] != last:
+                    return False
+            if stream.endswith("joined") and client.xlen(stream) and (position or "").encode() != last:
+                return False
     return True
 
 

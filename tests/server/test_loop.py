@@ -34,7 +34,7 @@ def test_every_decision_is_exported_exactly_once_with_its_rewards(scout, world: 
                     stub.Reward(scout_pb2.RewardRequest(event_id=reply.event_id, item_id=item.item_id, value=2.0))
                     sent[reply.event_id][item.item_id] = 2.0
         deadline = time.monotonic() + 20
-        while scout.server.exporter.exported < len(sent) and time.monotonic() < deadline:
+        while scout.server.exported < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
         late = stub.Recommend(scout_pb2.RecommendRequest(unit_id="late", surface="home", num_items=2))
     version = scout.run(

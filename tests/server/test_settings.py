@@ -135,6 +135,9 @@ def to_toml(raw: dict[str, Any]) -> str:
             "experiments[0].variants[0].weight (experiment 'shelf', variant 'explore'): required key is missing",
         ),
         ("experiments = []\n", "experiments: at least one [[experiments]] table is required"),
+        ('key_prefix = "{a}"\n', "key_prefix: must be 1-64 characters without braces or commas"),
+        ("redis_cluster = true\n", "redis_cluster: needs redis_url"),
+        ("redis_shards = 2000\n", "redis_shards: must be an integer in 0..1024"),
     ],
 )
 def test_bad_files_name_the_file_the_key_path_and_what_is_allowed(tmp_path: Path, text: str, expected: str) -> None:
@@ -149,6 +152,13 @@ def test_environment_variables_are_named_not_the_defaults() -> None:
         assert message.startswith("environment variable SCOUT_PORT: server.port: must be an integer in 0..65535")
         assert "defaults.toml" not in message
     assert load_settings(environ={"SCOUT_PORT": "0"}).server.port == 0
+
+
+def test_shards_default_to_16_on_a_cluster_and_1_otherwise() -> None:
+    assert load_settings(environ={}).shards == 1
+    cluster = {"SCOUT_REDIS_URL": "redis://127.0.0.1:7000", "SCOUT_REDIS_CLUSTER": "true"}
+    assert load_settings(environ=cluster).shards == 16
+    assert load_settings(environ={**cluster, "SCOUT_REDIS_SHARDS": "6"}).shards == 6
 
 
 def test_a_file_overrides_keys_at_any_depth_and_keeps_the_rest(tmp_path: Path) -> None:
