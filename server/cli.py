@@ -395,8 +395,6 @@ def _serve(args: argparse.Namespace) -> None:
     if args.workers != 1:
         from server.supervisor import run_workers
 
-        if settings.server.metrics_port not in (None, 0):
-            raise ValueError("with --workers, metrics_port must be unset or 0 (each process serves its own)")
         log_args = ("--log-level", args.log_level, "--log-format", args.log_format)
         run_workers(settings, args.workers, args.config, not args.no_background, log_args)
         return

@@ -1,20 +1,25 @@
 """Prometheus metrics: RPC counts and latencies by method and status, decisions, exposure, versions and lags.
 
 Each server process keeps its own registry and serves it at ``http://metrics_host:metrics_port/metrics``; the
-README's "Metrics" section lists every series. RPCs are measured by :class:`RpcMetrics`, a server interceptor, so
-every service and status code (UNAUTHENTICATED included) is counted without touching the handlers.
+README's "Metrics" section lists every series. Under ``scout serve --workers N`` the parent serves that port
+instead, with every serving process's series labelled by ``worker`` (:class:`WorkerMetrics`). RPCs are measured
+by :class:`RpcMetrics`, a server interceptor, so every service and status code (UNAUTHENTICATED included) is
+counted without touching the handlers.
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
+import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.logs import MAX_REQUEST_ID_CHARS, REQUEST_ID_KEY, request_id
 
@@ -101,6 +106,54 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class WorkerMetrics:
+    """A collector that scrapes the serving processes of ``scout serve --workers N`` at each scrape.
+
+    Every sample gets a ``worker`` label (the process's index, as in ``x-scout-worker``), so
+    ``sum without (worker) (...)`` gives the totals; ``scout_worker_up`` says which processes answered.
+
+    Parameters
+    ----------
+    ports
+        Metrics port of each serving process, by worker index.
+    host
+        Where they listen.
+    timeout_s
+        How long one process may take to answer.
+    """
+
+    def __init__(self, ports: dict[str, int], host: str = "127.0.0.1", timeout_s: float = 2.0) -> None:
+        self.ports, self.host, self.timeout_s = ports, host, timeout_s
+
+    def collect(self) -> Iterator[Metric]:
+        """Every process's families merged, each sample labelled by its worker."""
+        families: dict[str, Metric] = {}
+        up = GaugeMetricFamily("scout_worker_up", "Whether a serving process answered this scrape", labels=["worker"])
+        for worker, port in self.ports.items():
+            try:
+                url = f"http://{self.host}:{port}/metrics"
+                with urllib.request.urlopen(url, timeout=self.timeout_s) as reply:
+                    text = reply.read().decode()
+            except OSError:
+                up.add_metric([worker], 0.0)
+                continue
+            up.add_metric([worker], 1.0)
+            for family in text_string_to_metric_families(text):
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value, sample.timestamp)
+        yield from families.values()
+        yield up
+
+
+def serve_worker_metrics(ports: dict[str, int], host: str, port: int) -> Any:
+    """Serve the serving processes' metrics (see :class:`WorkerMetrics`) on ``host:port``; returns the server."""
+    registry = CollectorRegistry()
+    registry.register(WorkerMetrics(ports, "127.0.0.1" if host in ("0.0.0.0", "::", "") else host))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 def _method_name(full: str) -> str:

@@ -4,6 +4,8 @@ The parent process serves nothing itself. It starts the embedded Redis when no `
 process shares it), a ``scout worker`` process for the joiner, learner and exporter (unless ``--no-background``),
 and N ``scout serve --no-background`` processes bound to the same port with ``SO_REUSEPORT``: the kernel spreads
 new connections over them. Each serving process answers with the trailing metadata ``x-scout-worker`` (its index).
+With a metrics port, each serving process serves its metrics on a port of its own and the parent serves the
+configured one: every process's series, labelled by ``worker`` (:class:`server.metrics.WorkerMetrics`).
 
 SIGTERM or SIGINT to the parent is passed on to every child; each drains its in-flight requests and the worker
 flushes its logs, as a single ``scout serve`` does. A child that exits unexpectedly is restarted after a short,
@@ -15,12 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.metrics import serve_worker_metrics
 from server.redis_server import RedisProcess
 from server.settings import Settings
 
@@ -41,6 +45,12 @@ class _Child:
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=self.env)
         self.started_at = time.monotonic()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def run_workers(
@@ -65,12 +75,18 @@ def run_workers(
         env["SCOUT_REDIS_URL"] = redis_process.url
     env.update(SCOUT_INDEX=str(settings.index), SCOUT_HOST=settings.server.host, SCOUT_PORT=str(port))
     env["SCOUT_LOG_DIR"] = str(settings.export.log_dir)
+    metrics_ports: dict[str, int] = {}
+    metrics_http = None
     if settings.server.metrics_port is not None:
-        env["SCOUT_METRICS_PORT"] = "0"  # one port per process; each logs its own
+        metrics_ports = {str(k): _free_port(settings.server.metrics_host) for k in range(workers)}
+        metrics_http = serve_worker_metrics(metrics_ports, settings.server.metrics_host, settings.server.metrics_port)
+        log.info("metrics of every serving process on port %d", metrics_http.server_address[1])
     scout = [sys.executable, "-m", "server.cli", *log_args]
     common = ["--config", str(config)] if config is not None else []
     serve = [*scout, "serve", *common, "--no-background", "--reuse-port"]
     children = [_Child(f"serve-{k}", serve, env | {WORKER_INDEX_ENV: str(k)}) for k in range(workers)]
+    for k, metrics_port in metrics_ports.items():
+        children[int(k)].env["SCOUT_METRICS_PORT"] = str(metrics_port)
     if background:
         children.append(_Child("worker", [*scout, "worker", *common], env))
     stopping = False
@@ -111,6 +127,9 @@ def run_workers(
                     child.process.kill()
         if redis_process is not None:
             redis_process.stop()
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("all serving processes stopped")

@@ -1,11 +1,13 @@
 """``scout serve --workers 2``: two serving processes on one port share the traffic and the state (real processes)."""
 
 import collections
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from test_faults import PREFIX, Proc, drained, exported, free_port, wait_for, write_config
 
 from server.pb import scout_pb2, scout_pb2_grpc
@@ -13,8 +15,11 @@ from server.pb import scout_pb2, scout_pb2_grpc
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
-def test_two_workers_on_one_port_share_traffic_and_state(index_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
+def test_two_workers_on_one_port_share_traffic_and_state(
+    index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    monkeypatch.setenv("SCOUT_METRICS_PORT", str(metrics_port))
     config = write_config(
         tmp_path / "scout.toml", index_dir, tmp_path, port=port
     )  # embedded Redis, owned by the parent
@@ -48,6 +53,15 @@ def test_two_workers_on_one_port_share_traffic_and_state(index_dir: Path, tmp_pa
             crossed += dict(reward_call.trailing_metadata())["x-scout-worker"] != worker
             sent[reply.event_id] = (reply.items[0].item_id, value)
         assert set(served_by) == {"0", "1"} and crossed > 0, (served_by, crossed)  # both served; state is shared
+        # The parent's metrics port shows both processes, each sample labelled by its worker.
+        families = {f.name: f for f in text_string_to_metric_families(scrape(metrics_port))}
+        recommends = {
+            s.labels["worker"]: s.value
+            for s in families["scout_rpc_requests"].samples
+            if s.labels["method"].endswith("/Recommend") and s.labels["code"] == "OK"
+        }
+        assert recommends == {w: float(n) for w, n in served_by.items()}, (recommends, served_by)
+        assert {s.labels["worker"]: s.value for s in families["scout_worker_up"].samples} == {"0": 1.0, "1": 1.0}
         client = redis.Redis(unix_socket_path=str(tmp_path / "redis" / "redis.sock"))
         wait_for(lambda: drained(client) and client.hget(f"{PREFIX}:learner", "position") is not None, 60, "drain")
         client.close()
@@ -63,6 +77,11 @@ def test_two_workers_on_one_port_share_traffic_and_state(index_dir: Path, tmp_pa
         assert row["rewards"][row["item_ids"].index(item)] == value and sum(row["reward_observed"]) == 1
     log = parent.log.read_text()
     assert "2 serving processes" in log and "all serving processes stopped" in log
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return reply.read().decode()
 
 
 def test_workers_need_a_fixed_port(index_dir: Path, tmp_path: Path) -> None:
