@@ -435,8 +435,11 @@ def test_poison_values_reach_the_learner(index_dir: Path, tmp_path: Path, extern
     try:
         time.sleep(1.5)
         before = versions(client)
-        pending = client.zrange(f"{PREFIX}:due", 0, 0)
-        template = json.loads(client.hget(f"{PREFIX}:pending:{pending[0].decode()}", "decision"))
+        raw = None
+        while raw is None:  # the joiner may take a decision between the two reads: take another
+            pending = client.zrange(f"{PREFIX}:due", -1, -1)
+            raw = client.hget(f"{PREFIX}:pending:{pending[0].decode()}", "decision") if pending else None
+        template = json.loads(raw)
         poisons = [([1e200, 0.0], None), ([float("nan"), 1.0], None), ([0.0, 1.0], 1e308), ([0.0, 0.0], -1e9)]
         for k, (context, reward) in enumerate(poisons):
             decision = template | {"event_id": f"poison-{k}", "context_values": context}
