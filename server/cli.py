@@ -252,6 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    evaluate.add_argument(
+        "--learning",
+        action="store_true",
+        help="also replay each candidate as an online learner over the logs in time order (its value along its own "
+        "learning trajectory; see offline_eval/learning_replay.py)",
+    )
+    evaluate.add_argument(
+        "--learn-every",
+        type=int,
+        default=500,
+        help="with --learning: logged decisions between the learner's updates (default 500)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--html", type=Path, help="also write a self-contained HTML report with plots here")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -550,13 +562,53 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
     finally:
         bar.close()
+    learning = []
+    if args.learning:
+        from offline_eval.learning_replay import replay_learning_log
+
+        bar = tqdm(total=len(candidates) * len(log_data), desc="learning replay", unit="dec", file=sys.stderr)
+        bar.disable = args.no_progress
+        try:
+            for candidate in candidates:  # a copy learns: the candidates stay as given
+                learner = load_policy(candidate.policy.to_bytes())
+                replayed = replay_learning_log(
+                    log_data, index, learner, args.learn_every, args.seed, args.level, bar.update
+                )
+                learning.append((candidate.name, replayed))
+        finally:
+            bar.close()
     if args.html is not None:
         args.html.write_text(html_report(result))
         log.info("wrote %s", args.html)
     if args.json:
-        print(json.dumps(to_dict(result), indent=2))
+        out = to_dict(result)
+        if args.learning:
+            out["learning_replay"] = [_learning_dict(name, r) for name, r in learning]
+        print(json.dumps(out, indent=2))
     else:
         print(format_table(result))
+        for name, r in learning:
+            e = r.estimate
+            print(
+                f"learning replay {name}: {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] over {r.kept} kept of "
+                f"{r.decisions} decisions ({r.updates} updates)"
+            )
+
+
+def _learning_dict(name: str, replayed: Any) -> dict[str, Any]:
+    e = replayed.estimate
+    return {
+        "name": name,
+        "value": e.value,
+        "lower": e.lower,
+        "upper": e.upper,
+        "level": e.level,
+        "decisions": replayed.decisions,
+        "kept": replayed.kept,
+        "kept_slots": replayed.kept_slots,
+        "updates": replayed.updates,
+        "curve": [list(point) for point in replayed.curve],
+    }
 
 
 def format_estimates(estimates: Any, truth: float | None = None) -> str:

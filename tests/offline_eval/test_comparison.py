@@ -92,6 +92,14 @@ def test_cli_compares_snapshots_and_writes_json_and_html(
     assert main([*argv[:-4], "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "beats logging" in table and "(logging policy)" in table
+    # --learning: each candidate also replayed as an online learner (its accuracy: test_learning_replay.py).
+    assert main([*argv, "--learning", "--learn-every", "100"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    learned = {r["name"]: r for r in out["learning_replay"]}
+    assert sorted(learned) == ["b", "explorer", "greedier"]
+    for r in learned.values():
+        assert r["decisions"] == len(records) and 0 < r["kept"] < len(records) and r["updates"] > 0
+        assert r["lower"] <= r["value"] <= r["upper"] and r["curve"][-1][1] == pytest.approx(r["value"])
 
 
 @pytest.mark.redis
