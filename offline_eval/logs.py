@@ -52,11 +52,19 @@ _STR_LIST = pa.list_(pa.string())
 _F64_LIST = pa.list_(pa.float64())
 _TIME = pa.timestamp("ms", tz="UTC")
 #: Version of the columns below; files carry it as Parquet schema metadata ``scout.schema_version``.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 #: Versions this reader accepts, and the columns each lacks (filled with their default when read).
 READABLE: dict[str, dict[str, Any]] = {
-    "1": {"config_version": "", "assignment": "variant", "shadows": "{}", "require_exposure": False, "exposed": True},
-    "2": {},
+    "1": {
+        "config_version": "",
+        "assignment": "variant",
+        "shadows": "{}",
+        "require_exposure": False,
+        "exposed": True,
+        "reward_aggregation": "first",
+    },
+    "2": {"reward_aggregation": "first"},
+    "3": {},
 }
 SCHEMA = pa.schema(
     [
@@ -89,6 +97,7 @@ SCHEMA = pa.schema(
         ("shadows", pa.string()),
         ("require_exposure", pa.bool_()),
         ("exposed", pa.bool_()),
+        ("reward_aggregation", pa.string()),
     ]
 )
 

@@ -207,6 +207,7 @@ class Recommender:
             "emerging": emerging[slate.indices].tolist(),
             "default_reward": join.default_reward if experiment.default_reward is None else experiment.default_reward,
             "require_exposure": experiment.require_exposure,
+            "reward_aggregation": experiment.reward_aggregation,
             "config_version": self.config_version,
             "assignment": assignment,
             "shadows": shadows,

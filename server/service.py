@@ -188,9 +188,11 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         return scout_pb2.ExposeResponse(accepted=True, duplicate=outcome == DUPLICATE)
 
     async def _reward(self, request: scout_pb2.RewardRequest) -> scout_pb2.RewardResponse:
-        check_reward(self.recommender.settings.limits, request.event_id, request.item_id, request.value)
+        check_reward(
+            self.recommender.settings.limits, request.event_id, request.item_id, request.value, request.reward_id
+        )
         outcome = await self.store.record_reward(
-            request.event_id, request.item_id, request.value, self.join.late_stream_maxlen
+            request.event_id, request.item_id, request.value, self.join.late_stream_maxlen, request.reward_id
         )
         if outcome == UNKNOWN:
             raise NotFound(f"event_id {echo(request.event_id)} is not a known decision")

@@ -65,6 +65,8 @@ class Bounds:
 
 FREE_TABLE = "free table"  # marks a table whose keys are not fields (policy parameters, checked by the policy)
 PositiveInt = Annotated[int, Bounds(gt=0)]
+#: How several rewards for one served item combine before the join (``reward_aggregation``).
+REWARD_AGGREGATIONS = ("first", "sum", "max")
 PositiveFloat = Annotated[float, Bounds(gt=0)]
 
 
@@ -132,6 +134,7 @@ class Experiment:
     reward_window_s: PositiveFloat | None = None
     default_reward: float | None = None
     require_exposure: bool = False
+    reward_aggregation: str = "first"
     traffic: Annotated[float, Bounds(gt=0, le=1)] = 1.0
     holdout: Annotated[float, Bounds(ge=0, le=0.99)] = 0.0
 
@@ -145,6 +148,11 @@ class Experiment:
             raise FieldError(("surfaces",), "must name at least one surface")
         if any(not s for s in self.surfaces):
             raise FieldError(("surfaces",), "surfaces must be non-empty strings")
+        if self.reward_aggregation not in REWARD_AGGREGATIONS:
+            raise FieldError(
+                ("reward_aggregation",),
+                f"must be one of {', '.join(REWARD_AGGREGATIONS)}, got {self.reward_aggregation!r}",
+            )
         if len(set(self.context_keys)) != len(self.context_keys):
             raise FieldError(("context_keys",), f"has duplicates: {list(self.context_keys)}")
         if not self.variants:

@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from server.settings import Settings
 
 _RECORD = """
-redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'items', ARGV[2])
+redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'items', ARGV[2], 'agg', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 if tonumber(ARGV[5]) > 0 then
@@ -78,7 +78,20 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local items = redis.call('HGET', KEYS[1], 'items')
 if not string.find(items, '\\n' .. ARGV[1] .. '\\n', 1, true) then return -3 end
-return redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2])
+if ARGV[6] ~= '' and redis.call('HSETNX', KEYS[1], 'k:' .. ARGV[6], '1') == 0 then return 0 end
+local agg = redis.call('HGET', KEYS[1], 'agg') or 'first'
+local field = 'r:' .. ARGV[1]
+if agg == 'sum' then
+  redis.call('HINCRBYFLOAT', KEYS[1], field, ARGV[2])
+  return 1
+end
+if agg == 'max' then
+  local current = redis.call('HGET', KEYS[1], field)
+  if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], field, ARGV[2])
+  return 1
+end
+return redis.call('HSETNX', KEYS[1], field, ARGV[2])
 """
 
 _EXPOSE = """
@@ -212,6 +225,7 @@ class Store:
                 event_id,
                 stream_maxlen,
                 int(ttl_s * 1000),
+                decision.get("reward_aggregation", "first"),
             ],
         )
 
@@ -220,15 +234,21 @@ class Store:
         due = self.due_keys[self.shard_of(event_id)]
         return bool(await self._unrecord(keys=[self.pending_key(event_id), due], args=[event_id]))
 
-    async def record_reward(self, event_id: str, item_id: str, value: float, late_maxlen: int = 100000) -> int:
+    async def record_reward(
+        self, event_id: str, item_id: str, value: float, late_maxlen: int = 100000, reward_id: str = ""
+    ) -> int:
         """Record a reward: ``ACCEPTED``, ``DUPLICATE``, ``LATE``, ``LATE_DUPLICATE``, ``UNKNOWN`` or ``NOT_IN_SLATE``.
 
-        A reward for a decision already joined (but closed less than ``join.closed_ttl_s`` ago) is appended once per
-        (event, item) to the late stream and answered ``LATE``; it never enters training.
+        Rewards for one item combine as the decision's ``reward_aggregation`` says: ``first`` keeps the first
+        (later ones are ``DUPLICATE``), ``sum`` adds them, ``max`` keeps the largest (one that is not larger is
+        ``DUPLICATE``). A ``reward_id`` already recorded for the event is ``DUPLICATE`` whatever the aggregation,
+        so retries cannot add twice. A reward for a decision already joined (but closed less than
+        ``join.closed_ttl_s`` ago) is appended once per (event, item) to the late stream and answered ``LATE``; it
+        never enters training.
         """
         late = self.late_keys[self.shard_of(event_id)]
         keys = [self.pending_key(event_id), self.closed_key(event_id), late]
-        args: list[str | int] = [item_id, repr(float(value)), now_ms(), late_maxlen, event_id]
+        args: list[str | int] = [item_id, repr(float(value)), now_ms(), late_maxlen, event_id, reward_id]
         return int(await self._reward(keys=keys, args=args))
 
     async def record_exposure(self, event_id: str) -> int:

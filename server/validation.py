@@ -27,6 +27,7 @@ MAX_CONTEXT_KEY_CHARS = 128
 MAX_IDS = 1000
 MAX_ID_CHARS = 512
 MAX_EVENT_ID_CHARS = 64
+MAX_REWARD_ID_CHARS = 128
 ECHO_CHARS = 40
 MAX_LISTED = 20
 
@@ -122,16 +123,19 @@ def check_recommend(
     return placement
 
 
-def check_reward(limits: LimitSettings, event_id: str, item_id: str, value: float) -> None:
+def check_reward(limits: LimitSettings, event_id: str, item_id: str, value: float, reward_id: str = "") -> None:
     """Check the fields of a Reward request.
 
     Raises
     ------
     InvalidArgument
         ``event_id`` or ``item_id`` is empty or too long, ``item_id`` holds a line break, or ``value`` is not
-        finite or beyond ``limits.max_reward_abs``; the message starts with the field's name.
+        finite or beyond ``limits.max_reward_abs``, or ``reward_id`` is longer than 128 characters; the message starts
+        with the field's name.
     """
     check_string("event_id", event_id, MAX_EVENT_ID_CHARS)
+    if len(reward_id) > MAX_REWARD_ID_CHARS:
+        raise InvalidArgument(f"reward_id must be at most {MAX_REWARD_ID_CHARS} characters, got {echo(reward_id)}")
     check_string("item_id", item_id, MAX_ID_CHARS)
     if "\n" in item_id or "\r" in item_id:
         raise InvalidArgument(f"item_id must not contain line breaks, got {echo(item_id)}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15server/pb/scout.proto\x12\x08scout.v1\"\xe2\x01\n\x10RecommendRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x38\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\'.scout.v1.RecommendRequest.ContextEntry\x12\x15\n\rseed_item_ids\x18\x05 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"}\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x10\n\x08\x65merging\x18\x06 \x01(\x08\"\xce\x01\n\x11RecommendResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.scout.v1.RecommendedItem\x12\x19\n\x11slate_probability\x18\x07 \x01(\x01\x12\x15\n\rindex_version\x18\x08 \x01(\t\"A\n\rRewardRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"C\n\x0eRewardResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0c\n\x04late\x18\x03 \x01(\x08\"g\n\rRewardOutcome\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x18.scout.v1.RewardResponse\"e\n\x14RewardStreamResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.scout.v1.RewardOutcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\"\x18\n\x16ListExperimentsRequest\"x\n\x0bVariantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x0e\n\x06paused\x18\x06 \x01(\x08\"\x91\x01\n\x0e\x45xperimentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08surfaces\x18\x02 \x03(\t\x12\x0c\n\x04salt\x18\x03 \x01(\t\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12\x14\n\x0c\x63ontext_keys\x18\x05 \x03(\t\x12\'\n\x08variants\x18\x06 \x03(\x0b\x32\x15.scout.v1.VariantInfo\"w\n\x17ListExperimentsResponse\x12-\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x18.scout.v1.ExperimentInfo\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\t\"N\n\x17SetVariantPausedRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x0e\n\x06paused\x18\x03 \x01(\x08\"*\n\x18SetVariantPausedResponse\x12\x0e\n\x06paused\x18\x01 \x03(\t\"%\n\x12ReloadIndexRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"=\n\x13ReloadIndexResponse\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\"\x14\n\x12GetCountersRequest\"\x85\x01\n\x13GetCountersResponse\x12=\n\x08\x63ounters\x18\x01 \x03(\x0b\x32+.scout.v1.GetCountersResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x15\n\x13ReloadConfigRequest\"?\n\x14ReloadConfigResponse\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"!\n\rExposeRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"5\n\x0e\x45xposeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\x98\x02\n\x0bRecommender\x12\x44\n\tRecommend\x12\x1a.scout.v1.RecommendRequest\x1a\x1b.scout.v1.RecommendResponse\x12;\n\x06Reward\x12\x17.scout.v1.RewardRequest\x1a\x18.scout.v1.RewardResponse\x12I\n\x0cRewardStream\x12\x17.scout.v1.RewardRequest\x1a\x1e.scout.v1.RewardStreamResponse(\x01\x12;\n\x06\x45xpose\x12\x17.scout.v1.ExposeRequest\x1a\x18.scout.v1.ExposeResponse2\xa1\x03\n\x05\x41\x64min\x12V\n\x0fListExperiments\x12 .scout.v1.ListExperimentsRequest\x1a!.scout.v1.ListExperimentsResponse\x12Y\n\x10SetVariantPaused\x12!.scout.v1.SetVariantPausedRequest\x1a\".scout.v1.SetVariantPausedResponse\x12J\n\x0bReloadIndex\x12\x1c.scout.v1.ReloadIndexRequest\x1a\x1d.scout.v1.ReloadIndexResponse\x12J\n\x0bGetCounters\x12\x1c.scout.v1.GetCountersRequest\x1a\x1d.scout.v1.GetCountersResponse\x12M\n\x0cReloadConfig\x12\x1d.scout.v1.ReloadConfigRequest\x1a\x1e.scout.v1.ReloadConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15server/pb/scout.proto\x12\x08scout.v1\"\xe2\x01\n\x10RecommendRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x38\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\'.scout.v1.RecommendRequest.ContextEntry\x12\x15\n\rseed_item_ids\x18\x05 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"}\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x10\n\x08\x65merging\x18\x06 \x01(\x08\"\xce\x01\n\x11RecommendResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.scout.v1.RecommendedItem\x12\x19\n\x11slate_probability\x18\x07 \x01(\x01\x12\x15\n\rindex_version\x18\x08 \x01(\t\"T\n\rRewardRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\treward_id\x18\x04 \x01(\t\"C\n\x0eRewardResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0c\n\x04late\x18\x03 \x01(\x08\"g\n\rRewardOutcome\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x18.scout.v1.RewardResponse\"e\n\x14RewardStreamResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.scout.v1.RewardOutcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\"\x18\n\x16ListExperimentsRequest\"x\n\x0bVariantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x0e\n\x06paused\x18\x06 \x01(\x08\"\x91\x01\n\x0e\x45xperimentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08surfaces\x18\x02 \x03(\t\x12\x0c\n\x04salt\x18\x03 \x01(\t\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12\x14\n\x0c\x63ontext_keys\x18\x05 \x03(\t\x12\'\n\x08variants\x18\x06 \x03(\x0b\x32\x15.scout.v1.VariantInfo\"w\n\x17ListExperimentsResponse\x12-\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x18.scout.v1.ExperimentInfo\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\t\"N\n\x17SetVariantPausedRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x0e\n\x06paused\x18\x03 \x01(\x08\"*\n\x18SetVariantPausedResponse\x12\x0e\n\x06paused\x18\x01 \x03(\t\"%\n\x12ReloadIndexRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"=\n\x13ReloadIndexResponse\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\"\x14\n\x12GetCountersRequest\"\x85\x01\n\x13GetCountersResponse\x12=\n\x08\x63ounters\x18\x01 \x03(\x0b\x32+.scout.v1.GetCountersResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x15\n\x13ReloadConfigRequest\"?\n\x14ReloadConfigResponse\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"!\n\rExposeRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"5\n\x0e\x45xposeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\x98\x02\n\x0bRecommender\x12\x44\n\tRecommend\x12\x1a.scout.v1.RecommendRequest\x1a\x1b.scout.v1.RecommendResponse\x12;\n\x06Reward\x12\x17.scout.v1.RewardRequest\x1a\x18.scout.v1.RewardResponse\x12I\n\x0cRewardStream\x12\x17.scout.v1.RewardRequest\x1a\x1e.scout.v1.RewardStreamResponse(\x01\x12;\n\x06\x45xpose\x12\x17.scout.v1.ExposeRequest\x1a\x18.scout.v1.ExposeResponse2\xa1\x03\n\x05\x41\x64min\x12V\n\x0fListExperiments\x12 .scout.v1.ListExperimentsRequest\x1a!.scout.v1.ListExperimentsResponse\x12Y\n\x10SetVariantPaused\x12!.scout.v1.SetVariantPausedRequest\x1a\".scout.v1.SetVariantPausedResponse\x12J\n\x0bReloadIndex\x12\x1c.scout.v1.ReloadIndexRequest\x1a\x1d.scout.v1.ReloadIndexResponse\x12J\n\x0bGetCounters\x12\x1c.scout.v1.GetCountersRequest\x1a\x1d.scout.v1.GetCountersResponse\x12M\n\x0cReloadConfig\x12\x1d.scout.v1.ReloadConfigRequest\x1a\x1e.scout.v1.ReloadConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,45 +44,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE']._serialized_start=392
   _globals['_RECOMMENDRESPONSE']._serialized_end=598
   _globals['_REWARDREQUEST']._serialized_start=600
-  _globals['_REWARDREQUEST']._serialized_end=665
-  _globals['_REWARDRESPONSE']._serialized_start=667
-  _globals['_REWARDRESPONSE']._serialized_end=734
-  _globals['_REWARDOUTCOME']._serialized_start=736
-  _globals['_REWARDOUTCOME']._serialized_end=839
-  _globals['_REWARDSTREAMRESPONSE']._serialized_start=841
-  _globals['_REWARDSTREAMRESPONSE']._serialized_end=942
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=944
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=968
-  _globals['_VARIANTINFO']._serialized_start=970
-  _globals['_VARIANTINFO']._serialized_end=1090
-  _globals['_EXPERIMENTINFO']._serialized_start=1093
-  _globals['_EXPERIMENTINFO']._serialized_end=1238
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1240
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1359
-  _globals['_SETVARIANTPAUSEDREQUEST']._serialized_start=1361
-  _globals['_SETVARIANTPAUSEDREQUEST']._serialized_end=1439
-  _globals['_SETVARIANTPAUSEDRESPONSE']._serialized_start=1441
-  _globals['_SETVARIANTPAUSEDRESPONSE']._serialized_end=1483
-  _globals['_RELOADINDEXREQUEST']._serialized_start=1485
-  _globals['_RELOADINDEXREQUEST']._serialized_end=1522
-  _globals['_RELOADINDEXRESPONSE']._serialized_start=1524
-  _globals['_RELOADINDEXRESPONSE']._serialized_end=1585
-  _globals['_GETCOUNTERSREQUEST']._serialized_start=1587
-  _globals['_GETCOUNTERSREQUEST']._serialized_end=1607
-  _globals['_GETCOUNTERSRESPONSE']._serialized_start=1610
-  _globals['_GETCOUNTERSRESPONSE']._serialized_end=1743
-  _globals['_GETCOUNTERSRESPONSE_COUNTERSENTRY']._serialized_start=1696
-  _globals['_GETCOUNTERSRESPONSE_COUNTERSENTRY']._serialized_end=1743
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=1745
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=1766
-  _globals['_RELOADCONFIGRESPONSE']._serialized_start=1768
-  _globals['_RELOADCONFIGRESPONSE']._serialized_end=1831
-  _globals['_EXPOSEREQUEST']._serialized_start=1833
-  _globals['_EXPOSEREQUEST']._serialized_end=1866
-  _globals['_EXPOSERESPONSE']._serialized_start=1868
-  _globals['_EXPOSERESPONSE']._serialized_end=1921
-  _globals['_RECOMMENDER']._serialized_start=1924
-  _globals['_RECOMMENDER']._serialized_end=2204
-  _globals['_ADMIN']._serialized_start=2207
-  _globals['_ADMIN']._serialized_end=2624
+  _globals['_REWARDREQUEST']._serialized_end=684
+  _globals['_REWARDRESPONSE']._serialized_start=686
+  _globals['_REWARDRESPONSE']._serialized_end=753
+  _globals['_REWARDOUTCOME']._serialized_start=755
+  _globals['_REWARDOUTCOME']._serialized_end=858
+  _globals['_REWARDSTREAMRESPONSE']._serialized_start=860
+  _globals['_REWARDSTREAMRESPONSE']._serialized_end=961
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=963
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=987
+  _globals['_VARIANTINFO']._serialized_start=989
+  _globals['_VARIANTINFO']._serialized_end=1109
+  _globals['_EXPERIMENTINFO']._serialized_start=1112
+  _globals['_EXPERIMENTINFO']._serialized_end=1257
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1259
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1378
+  _globals['_SETVARIANTPAUSEDREQUEST']._serialized_start=1380
+  _globals['_SETVARIANTPAUSEDREQUEST']._serialized_end=1458
+  _globals['_SETVARIANTPAUSEDRESPONSE']._serialized_start=1460
+  _globals['_SETVARIANTPAUSEDRESPONSE']._serialized_end=1502
+  _globals['_RELOADINDEXREQUEST']._serialized_start=1504
+  _globals['_RELOADINDEXREQUEST']._serialized_end=1541
+  _globals['_RELOADINDEXRESPONSE']._serialized_start=1543
+  _globals['_RELOADINDEXRESPONSE']._serialized_end=1604
+  _globals['_GETCOUNTERSREQUEST']._serialized_start=1606
+  _globals['_GETCOUNTERSREQUEST']._serialized_end=1626
+  _globals['_GETCOUNTERSRESPONSE']._serialized_start=1629
+  _globals['_GETCOUNTERSRESPONSE']._serialized_end=1762
+  _globals['_GETCOUNTERSRESPONSE_COUNTERSENTRY']._serialized_start=1715
+  _globals['_GETCOUNTERSRESPONSE_COUNTERSENTRY']._serialized_end=1762
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=1764
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=1785
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=1787
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=1850
+  _globals['_EXPOSEREQUEST']._serialized_start=1852
+  _globals['_EXPOSEREQUEST']._serialized_end=1885
+  _globals['_EXPOSERESPONSE']._serialized_start=1887
+  _globals['_EXPOSERESPONSE']._serialized_end=1940
+  _globals['_RECOMMENDER']._serialized_start=1943
+  _globals['_RECOMMENDER']._serialized_end=2223
+  _globals['_ADMIN']._serialized_start=2226
+  _globals['_ADMIN']._serialized_end=2643
 # @@protoc_insertion_point(module_scope)

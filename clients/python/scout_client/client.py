@@ -108,9 +108,13 @@ class ScoutClient:
         timeout = timeout_s or self.timeout_s
         return self._retry(lambda: self.recommender.Recommend(request, timeout=timeout, metadata=self.metadata))
 
-    def reward(self, event_id: str, item_id: str, value: float = 1.0) -> scout_pb2.RewardResponse:
-        """Record one reward (idempotent: a repeat answers ``duplicate=True``)."""
-        request = scout_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=value)
+    def reward(self, event_id: str, item_id: str, value: float = 1.0, reward_id: str = "") -> scout_pb2.RewardResponse:
+        """Record one reward; a repeat of a ``reward_id`` answers ``duplicate=True``.
+
+        Send a ``reward_id`` when the experiment sums rewards, so a retry cannot add twice; with ``first`` (the
+        default aggregation) a repeat for the same item is a duplicate anyway.
+        """
+        request = scout_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=value, reward_id=reward_id)
         return self._retry(lambda: self.recommender.Reward(request, timeout=self.timeout_s, metadata=self.metadata))
 
     def reward_many(

@@ -66,14 +66,16 @@ class RecommendResponse(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., policy: _Optional[str] = ..., policy_version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., slate_probability: _Optional[float] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class RewardRequest(_message.Message):
-    __slots__ = ("event_id", "item_id", "value")
+    __slots__ = ("event_id", "item_id", "value", "reward_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     item_id: str
     value: float
-    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    reward_id: str
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., value: _Optional[float] = ..., reward_id: _Optional[str] = ...) -> None: ...
 
 class RewardResponse(_message.Message):
     __slots__ = ("accepted", "duplicate", "late")
