@@ -1,10 +1,12 @@
 """Retrieval benchmark: build time, memory, single-query p50/p99, batched QPS and recall@k against exact search.
 
 Vectors are unit-normalized draws from a mixture of many Gaussian clusters plus isotropic noise (not trivially
-clustered). Each index type/parameter setting is built from the same cached vectors through the project's index
-factory, then queried with held-out vectors drawn from the same mixture.
+clustered). ``--items-per-cluster`` sets the number of clusters from the catalog size, so the difficulty does not
+change with scale (a fixed ``--clusters`` makes a larger catalog easier: its top-k lie in fewer clusters). Each
+index type/parameter setting is built from the same cached vectors through the project's index factory, then
+queried with held-out vectors drawn from the same mixture.
 
-    .venv/bin/python benchmarks/retrieval.py --items 1000000 --dims 64 128
+    .venv/bin/python benchmarks/retrieval.py --items 1000000 --dims 64 128 --items-per-cluster 100
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--clusters", type=int, default=2000)
+    parser.add_argument(
+        "--items-per-cluster", type=int, default=0, help="clusters = items / this (overrides --clusters when > 0)"
+    )
     parser.add_argument("--types", nargs="+", default=["flat", "ivf_flat", "ivf_pq", "hnsw"])
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     args = parser.parse_args()
@@ -98,10 +103,11 @@ def main() -> None:
         "items": args.items,
         "k": args.k,
         "queries": args.queries,
+        "clusters": args.items // args.items_per_cluster if args.items_per_cluster else args.clusters,
         "runs": [],
     }
     for d in args.dims:
-        data = mixture(args.items + args.queries, d, args.clusters, seed=d)
+        data = mixture(args.items + args.queries, d, report["clusters"], seed=d)
         vectors, queries = data[: args.items], data[args.items :]
         truth = exact_neighbours(vectors, queries, args.k, "inner_product")
         configs = {

@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         help="--redis-url names a node of a Redis Cluster (default SCOUT_REDIS_CLUSTER)",
     )
     evaluate.add_argument("--key-prefix", default="scout", help="the servers' key_prefix (default scout)")
+    evaluate.add_argument(
+        "--generation", type=int, default=0, help="the --served variants' generation (see warm start; default 0)"
+    )
     evaluate.add_argument("--policy", action="append", default=[], help="fresh policy type to evaluate, repeatable")
     evaluate.add_argument(
         "--candidates",
@@ -478,7 +481,7 @@ def _served_snapshot(args: argparse.Namespace, name: str) -> bytes:
         raise ValueError(f"--served {name!r}: expected EXPERIMENT/VARIANT (or EXPERIMENT/VARIANT/shadow:NAME)")
     if not args.redis_url:
         raise ValueError("--served needs --redis-url (or SCOUT_REDIS_URL): the Redis the servers share")
-    key = f"{{{args.key_prefix}}}:policy:{experiment}:{variant}"
+    key = f"{{{args.key_prefix}}}:policy:{experiment}:{variant}" + (f"#g{args.generation}" if args.generation else "")
     connect = redis.RedisCluster.from_url if args.redis_cluster else redis.Redis.from_url
     client = connect(args.redis_url, socket_connect_timeout=5, socket_timeout=10)
     try:

@@ -7,14 +7,15 @@ configuration keeps serving, when
 
 - it does not load (unknown key, bad value: the loader's message, naming the file and key);
 - anything but ``[[experiments]]`` changed (ports, Redis, index, limits, join... need a restart);
-- an existing variant's policy or parameters changed (its learned snapshot belongs to the old ones: give the
-  changed variant a new name), or an existing experiment's ``context_keys`` changed (its policies' features would
-  no longer fit).
+- an existing variant's policy or parameters changed while its ``generation`` did not (its learned snapshot
+  belongs to the old ones: bump its generation to start it over, or give it a new name), or an existing
+  experiment's ``context_keys`` changed (its policies' features would no longer fit).
 
-Accepted: new and removed experiments and variants, weights, salts, surfaces, candidate counts, emerging rules.
-Unchanged variants keep their learned policies. Every decision logs the ``config_version`` it was made under
-(:func:`server.settings.config_version`), so a reload changes assignment for new decisions only and the logs say
-which configuration made each decision.
+Accepted: new and removed experiments and variants, weights, salts, surfaces, candidate counts, emerging rules,
+warm starts and generations. Variants whose generation and warm start are unchanged keep their learned policies;
+the others start over (see :meth:`server.settings.Variant.initial_policy`). Every decision logs the
+``config_version`` it was made under (:func:`server.settings.config_version`), so a reload changes assignment
+for new decisions only and the logs say which configuration made each decision.
 """
 
 from __future__ import annotations
@@ -52,10 +53,14 @@ def reload_problems(old: Settings, new: Settings) -> list[str]:
         variants = {v.name: v for v in previous.variants}
         for variant in experiment.variants:
             old_variant = variants.get(variant.name)
-            if old_variant is not None and (old_variant.policy, old_variant.params) != (variant.policy, variant.params):
+            if (
+                old_variant is not None
+                and (old_variant.policy, old_variant.params) != (variant.policy, variant.params)
+                and old_variant.generation == variant.generation
+            ):
                 problems.append(
                     f"experiment {experiment.name!r}, variant {variant.name!r}: policy or params changed; its learned "
-                    "snapshot belongs to the old ones (give the changed variant a new name)"
+                    "snapshot belongs to the old ones (bump its generation to start it over, or give it a new name)"
                 )
     return problems
 

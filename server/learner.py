@@ -199,7 +199,7 @@ class Learner:
                 log.error("learner: %s/%s would publish an unusable snapshot (%s); batch skipped", *key, exc)
                 self.restored = False
                 return [], 0, len(entries)
-            snapshots.append((self.store.policy_key(*key), policy.version, state))
+            snapshots.append((self.store.policy_key(*key, self.policies.generation(*key)), policy.version, state))
         return snapshots, len(entries) - skipped, skipped
 
     def _usable(self, entry_id: Any, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -267,7 +267,7 @@ async def refresh_policies(store: Store, policies: PolicyBook) -> int:
     """Swap in every snapshot newer than the policy being served; returns how many were swapped."""
     swapped = 0
     for (experiment, variant), current in policies.items():
-        key = store.policy_key(experiment, variant)
+        key = store.policy_key(experiment, variant, policies.generation(experiment, variant))
         version: Any = await store.client.hget(key, "version")
         state: Any
         if version is None or int(version) <= current.version:

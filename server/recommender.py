@@ -63,22 +63,33 @@ class PolicyBook:
         self.paused: frozenset[tuple[str, str]] = frozenset()
         #: Each variant's shadows as (shadow name, key under which the book holds the shadow's policy).
         self.shadows: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        #: Each key's generation and warm start: snapshots of another generation are not this policy's.
+        self.lineage: dict[tuple[str, str], tuple[int, str]] = {}
         for experiment in settings.experiments:
             dim = feature_dim(embedding_dim, len(experiment.context_keys))
             for v in experiment.variants:
-                self._policies[(experiment.name, v.name)] = create_policy(v.policy, dim, dict(v.params))
+                try:
+                    self._policies[(experiment.name, v.name)] = v.initial_policy(dim)
+                except ValueError as exc:
+                    raise ValueError(f"experiment {experiment.name!r}, variant {v.name!r}: warm_start: {exc}") from exc
+                lineage = (v.generation, str(v.warm_start or ""))
+                self.lineage[(experiment.name, v.name)] = lineage
                 keys = []
                 for shadow in v.shadows:
                     key = shadow_key(v.name, shadow.name)
                     self._policies[(experiment.name, key)] = create_policy(shadow.policy, dim, dict(shadow.params))
+                    self.lineage[(experiment.name, key)] = lineage
                     keys.append((shadow.name, key))
                 if keys:
                     self.shadows[(experiment.name, v.name)] = tuple(keys)
 
     def carry_over(self, old: PolicyBook) -> None:
-        """Keep ``old``'s policies (their learned state) and pauses for the variants this book shares with it."""
+        """Keep ``old``'s policies (their learned state) and pauses for the variants this book shares with it.
+
+        A variant whose generation or warm start changed starts over instead.
+        """
         for key, policy in old.items():
-            if key in self._policies:
+            if key in self._policies and self.lineage[key] == old.lineage.get(key):
                 self._policies[key] = policy
         self.paused = frozenset(key for key in old.paused if key in self._policies)
 
@@ -95,6 +106,10 @@ class PolicyBook:
                 f"serving {current.name} with {current.feature_dim}"
             )
         self._policies[(experiment, variant)] = policy
+
+    def generation(self, experiment: str, variant: str) -> int:
+        """The generation of a variant's (or shadow key's) learned state."""
+        return self.lineage[(experiment, variant)][0]
 
     def items(self) -> list[tuple[tuple[str, str], Policy]]:
         """All (experiment, variant) keys with their policies."""

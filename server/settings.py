@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
+from bandits.base import Policy, PolicyStateError
 from bandits.emerging import EmergingRule
-from bandits.registry import POLICIES, create_policy
+from bandits.registry import POLICIES, create_policy, load_policy
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
 ENVIRONMENT = {
@@ -111,12 +112,39 @@ class Variant:
     shadows: tuple[ShadowPolicy, ...] = ()
     #: Who counts as emerging for this variant (default: the experiment's rule); exposure knobs are policy params.
     emerging: EmergingRule | None = None
+    #: A policy snapshot (``Policy.to_bytes``, e.g. exported from another variant) the variant starts from.
+    warm_start: Path | None = None
+    #: Bump to reset the variant's learning: snapshots of other generations are ignored, it starts over.
+    generation: Annotated[int, Bounds(ge=0)] = 0
 
     def __post_init__(self) -> None:
         _check_policy(self.policy, self.params)
+        if self.warm_start is not None:
+            self.initial_policy(None)  # a missing, corrupt or other-policy file fails at load, naming the file
         names = [s.name for s in self.shadows]
         if len(set(names)) != len(names):
             raise FieldError(("shadows",), f"shadow names must be unique, got {names}")
+
+    def initial_policy(self, feature_dim: int | None) -> Policy:
+        """The policy the variant starts from: ``warm_start`` loaded with ``params``, or a fresh ``policy``.
+
+        Raises ``FieldError`` naming ``warm_start`` when the file cannot be read or loaded, holds another policy,
+        or (given ``feature_dim``) has another feature dimension.
+        """
+        if self.warm_start is None:
+            return create_policy(self.policy, feature_dim or 1, dict(self.params))
+        try:
+            policy = load_policy(self.warm_start.read_bytes(), dict(self.params))
+        except (OSError, PolicyStateError, ValueError, TypeError) as exc:
+            raise FieldError(("warm_start",), f"{self.warm_start}: cannot load a policy snapshot: {exc}") from exc
+        if policy.name != self.policy:
+            raise FieldError(("warm_start",), f"{self.warm_start} holds a {policy.name} policy, not {self.policy}")
+        if feature_dim is not None and policy.feature_dim != feature_dim:
+            raise FieldError(
+                ("warm_start",),
+                f"{self.warm_start} has {policy.feature_dim} features; this index and context need {feature_dim}",
+            )
+        return policy
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ one slot. Per shard, each key bounded by a TTL or a trim:
 
 Shared by all shards, under the hash tag ``{p}``:
 
-- ``{p}:policy:<experiment>:<variant>``: the latest policy snapshot (``version``, ``state``);
+- ``{p}:policy:<experiment>:<variant>``: the latest policy snapshot (``version``, ``state``); a variant reset to
+  generation ``g > 0`` by config publishes under ``...:<variant>#g<g>`` instead;
 - ``{p}:learner``: per shard, the id of the last joined entry the published snapshots include (``position``,
   comma-separated in shard order) and how many entries were applied and skipped as poisonous (``applied``,
   ``skipped``); ``{p}:learner:lease``: which learner may publish (expires unless renewed);
@@ -345,9 +346,10 @@ class Store:
         fields: Any = await self.client.hkeys(self.paused_key)
         return frozenset(tuple(f.decode().split("\t", 1)) for f in fields)
 
-    def policy_key(self, experiment: str, variant: str) -> str:
-        """Key of a variant's policy snapshot."""
-        return f"{self.prefix}:policy:{experiment}:{variant}"
+    def policy_key(self, experiment: str, variant: str, generation: int = 0) -> str:
+        """Key of a variant's policy snapshot (of one generation: a reset by config starts a new key)."""
+        suffix = f"#g{generation}" if generation else ""
+        return f"{self.prefix}:policy:{experiment}:{variant}{suffix}"
 
     async def acquire_lease(self, owner: str, ttl_s: float) -> bool:
         """Take or renew the learner lease for ``owner``; False while another learner holds it."""

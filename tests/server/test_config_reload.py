@@ -142,6 +142,8 @@ def test_what_a_reload_may_change() -> None:
     assert reload_problems(old, replace(old, experiments=(grown,))) == []
     retuned = replace(experiment, variants=(replace(experiment.variants[1], params=(("alpha", 2.0),)),))
     assert "policy or params changed" in reload_problems(old, replace(old, experiments=(retuned,)))[0]
+    reset = replace(experiment, variants=(replace(experiment.variants[1], params=(("alpha", 2.0),), generation=1),))
+    assert reload_problems(old, replace(old, experiments=(reset,))) == []  # a new generation starts over
     rekeyed = replace(experiment, context_keys=("mobile",))
     assert "context_keys changed" in reload_problems(old, replace(old, experiments=(rekeyed,)))[0]
     moved = replace(old, server=replace(old.server, port=1234))
