@@ -62,8 +62,9 @@ READABLE: dict[str, dict[str, Any]] = {
         "require_exposure": False,
         "exposed": True,
         "reward_aggregation": "first",
+        "emerging_candidates": 0,
     },
-    "2": {"reward_aggregation": "first"},
+    "2": {"reward_aggregation": "first", "emerging_candidates": 0},
     "3": {},
 }
 SCHEMA = pa.schema(
@@ -98,6 +99,7 @@ SCHEMA = pa.schema(
         ("require_exposure", pa.bool_()),
         ("exposed", pa.bool_()),
         ("reward_aggregation", pa.string()),
+        ("emerging_candidates", pa.int32()),
     ]
 )
 

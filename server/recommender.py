@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bandits.base import Candidates, Policy, Slate
-from bandits.emerging import EmergingRule
+from bandits.emerging import EmergingRule, merge_candidates
 from bandits.features import feature_dim, make_candidates
 from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
@@ -140,6 +140,8 @@ class Recommender:
         self.policies = policies
         #: Each variant's emerging-creator rule, resolved on this index (the variant's own, else its experiment's).
         self.rules: dict[tuple[str, str], EmergingRule] = {}
+        #: For variants with a retrieval-side quota: the index positions of emerging creators' items.
+        self.emerging_positions: dict[tuple[str, str], np.ndarray] = {}
         resolved: dict[EmergingRule, EmergingRule] = {}
         for e in settings.experiments:
             for v in e.variants:
@@ -147,6 +149,9 @@ class Recommender:
                 if rule not in resolved:
                     resolved[rule] = rule.resolve(index.creator_ids, index.creator_popularity)
                 self.rules[(e.name, v.name)] = resolved[rule]
+                if v.emerging_candidates:
+                    flags = resolved[rule].flags(index.creator_popularity, index.creator_age_days)
+                    self.emerging_positions[(e.name, v.name)] = np.flatnonzero(flags).astype(np.int64)
         self.config_version = config_version(settings)
         self._rule_json = {key: json.dumps(rule.to_dict(), sort_keys=True) for key, rule in self.rules.items()}
         self.fallbacks = 0
@@ -183,6 +188,16 @@ class Recommender:
         context = np.array([request.context.get(k, 0.0) for k in experiment.context_keys])
         rule = self.rules[(experiment.name, variant.name)]
         positions = found.positions
+        quota = min(variant.emerging_candidates, len(positions))
+        via_quota = 0
+        if quota:  # a second search restricted to emerging creators; the merge is logged as candidate_ids
+            allowed = self.emerging_positions[(experiment.name, variant.name)]
+            extra = index.search(query, len(positions), exclude=excluded, allowed=allowed).positions
+            ids, flags = merge_candidates(
+                index.item_ids[positions].tolist(), index.item_ids[extra].tolist(), len(positions), quota
+            )
+            positions = index.positions(ids)
+            via_quota = sum(flags)
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
         # ids feed the policies' item/creator terms, exactly as replay and the learner do; the parts let LinUCB
         # score its confidence width in O(K d^2) instead of O(K F^2)
@@ -220,6 +235,7 @@ class Recommender:
             "propensities": slate.propensities.tolist(),
             "slate_probability": slate.probability,
             "emerging": emerging[slate.indices].tolist(),
+            "emerging_candidates": via_quota,
             "default_reward": join.default_reward if experiment.default_reward is None else experiment.default_reward,
             "require_exposure": experiment.require_exposure,
             "reward_aggregation": experiment.reward_aggregation,

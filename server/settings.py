@@ -116,6 +116,8 @@ class Variant:
     warm_start: Path | None = None
     #: Bump to reset the variant's learning: snapshots of other generations are ignored, it starts over.
     generation: Annotated[int, Bounds(ge=0)] = 0
+    #: Retrieval-side quota: candidates taken from a second search restricted to emerging creators.
+    emerging_candidates: Annotated[int, Bounds(ge=0)] = 0
 
     def __post_init__(self) -> None:
         _check_policy(self.policy, self.params)
@@ -185,6 +187,12 @@ class Experiment:
             raise FieldError(("context_keys",), f"has duplicates: {list(self.context_keys)}")
         if not self.variants:
             raise FieldError(("variants",), "must name at least one variant ([[experiments.variants]])")
+        for k, v in enumerate(self.variants):
+            if v.emerging_candidates > self.candidates:
+                raise FieldError(
+                    ("variants", k, "emerging_candidates"),
+                    f"must be at most the experiment's candidates ({self.candidates}), got {v.emerging_candidates}",
+                )
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise FieldError(("variants",), f"variant names must be unique, got {names}")
