@@ -19,6 +19,7 @@ that served slot ``k``; dividing by it was the old SNIPS bug on slates of varyin
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,13 +99,28 @@ class SlateData:
         return int(self.mask.shape[1])
 
     def ratios(self) -> np.ndarray:
-        """n-by-S per-slot ratios ``pi(a_k | a_<k) / mu(a_k | a_<k)``; one on unserved slots."""
-        safe = np.where(self.mask, self.logged_propensity, 1.0)
-        return np.where(self.mask, self.target_propensity / safe, 1.0)
+        """n-by-S per-slot ratios ``pi(a_k | a_<k) / mu(a_k | a_<k)``; one on unserved slots (read-only)."""
+        return self._ratios
 
     def extended_weights(self) -> np.ndarray:
-        """n-by-S prefix weights ``W~_k`` carried through unserved slots (mean one under the logging policy)."""
-        return np.cumprod(self.ratios(), axis=1)
+        """n-by-S prefix weights ``W~_k`` carried through unserved slots (mean one under the logging policy).
+
+        Computed once per data (every estimator and diagnostic asks for them) and read-only.
+        """
+        return self._extended
+
+    @functools.cached_property
+    def _ratios(self) -> np.ndarray:
+        safe = np.where(self.mask, self.logged_propensity, 1.0)
+        out = np.where(self.mask, self.target_propensity / safe, 1.0)
+        out.setflags(write=False)
+        return out
+
+    @functools.cached_property
+    def _extended(self) -> np.ndarray:
+        out = np.cumprod(self._ratios, axis=1)
+        out.setflags(write=False)
+        return out
 
     def prefix_weights(self) -> np.ndarray:
         """n-by-S prefix importance weights ``W_k``; zero on unserved slots."""

@@ -56,10 +56,10 @@ class RidgeStatistics:
     def add(self, X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> None:
         """Add m rows: m-by-dim design, m targets, m fold numbers."""
         for f in range(self.folds):
-            weight = (fold == f).astype(np.float64)
-            weighted = X.T * weight
-            self.xtx[f] += weighted @ X
-            self.xty[f] += weighted @ y
+            rows = fold == f
+            Xf = X[rows]
+            self.xtx[f] += Xf.T @ Xf
+            self.xty[f] += Xf.T @ y[rows]
 
     def merge(self, other: RidgeStatistics) -> RidgeStatistics:
         """Add ``other`` into this one and return it."""

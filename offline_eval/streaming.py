@@ -35,8 +35,11 @@ def predictions(theta: np.ndarray, batch: ExternalBatch, seed: int) -> RewardPre
     """Fold-model predictions for a batch (each round scored by the model that did not see its fold)."""
     data = batch.data
     fold = fold_of(np.arange(batch.first_round, batch.first_round + data.n), theta.shape[0], seed)
-    q_logged = np.einsum("nsf,nf->ns", design(data.logged_features), theta[fold]) * data.mask
-    q_target = np.einsum("nsf,nf->ns", design(data.target_features), theta[fold]) * data.mask
+    coef = theta[fold]  # per round: F feature weights, then one intercept per slot (the design's one-hot)
+    f, s = data.logged_features.shape[2], data.slots
+    intercept = coef[:, f : f + s]
+    q_logged = (np.einsum("nsf,nf->ns", data.logged_features, coef[:, :f]) + intercept) * data.mask
+    q_target = (np.einsum("nsf,nf->ns", data.target_features, coef[:, :f]) + intercept) * data.mask
     return RewardPredictions(q_logged, q_target)
 
 
