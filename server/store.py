@@ -313,15 +313,19 @@ class Store:
         Join lag is how far the oldest pending decision is past its due time (0 when the joiner keeps up); learner
         lag is how much older the learner's stream position is than the newest joined decision (worst shard).
         """
-        _, positions = await self.positions()
-        pending, join_lag, learner_lag = 0, 0.0, 0.0
-        for shard in range(self.shards):
-            async with self.client.pipeline(transaction=False) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:  # one round trip (per node on a cluster)
+            pipe.hget(self.learner, "position")
+            for shard in range(self.shards):
                 pipe.zcard(self.due_keys[shard])
                 pipe.zrange(self.due_keys[shard], 0, 0, withscores=True)
                 pipe.xrevrange(self.joined_keys[shard], count=1)
                 pipe.xrange(self.joined_keys[shard], count=1)
-                count, oldest, newest, first = await pipe.execute()
+            replies = await pipe.execute()
+        raw = replies[0]
+        positions = parse_positions(raw.decode() if raw else "0-0", self.shards)
+        pending, join_lag, learner_lag = 0, 0.0, 0.0
+        for shard in range(self.shards):
+            count, oldest, newest, first = replies[1 + 4 * shard : 5 + 4 * shard]
             pending += int(count)
             if oldest:
                 join_lag = max(join_lag, (now_ms() - oldest[0][1]) / 1000)

@@ -32,6 +32,7 @@ def test_sharded_decisions_are_joined_once_and_learned_across_shards(
         for k, record in enumerate(records):
             await store.record_decision(record, base + k, 0)
         per_shard = [int(await store.client.zcard(key)) for key in store.due_keys]
+        before = await store.lags()
         later = int(time.time() * 1000) + 10_000
         # Two joiners race over the same shards, in small batches: each decision is joined exactly once.
         await asyncio.gather(*(store.join_due(later, 7, 60) for _ in range(2)))
@@ -45,6 +46,9 @@ def test_sharded_decisions_are_joined_once_and_learned_across_shards(
         while learner.applied + learner.skipped < len(records):
             await learner.step()
         text, positions = await store.positions()
+        after = await store.lags()
+        assert before[0] == 60 and after == (0, 0.0, 0.0), (before, after)  # pending over all shards; caught up
+        assert await store.learner_caught_up()
         learner.close()
         await store.client.aclose()
         return per_shard, sum(joined), joined, learner, [text, *positions]
