@@ -21,9 +21,12 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any, ClassVar, Self
 
 import numpy as np
+
+from bandits.features import build_features, build_features_batch
 
 FORMAT_VERSION = 1
 
@@ -46,16 +49,19 @@ def _ids(value: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndar
 
 @dataclass(frozen=True)
 class FeatureParts:
-    """What a decision's features were built from, for policies that score from the factored form.
+    """What features were built from, for policies that score from the factored form.
+
+    One decision has a query of d numbers, K item rows of d and C context values; a batch of n decisions has
+    n-by-d queries, n-by-K-by-d items and n-by-C context values.
 
     Parameters
     ----------
     query
-        Query content vector, d numbers.
+        Query content vector(s).
     items
-        Candidate content vectors, K rows of d.
+        Candidate content vectors.
     context
-        Context values, C numbers.
+        Context values, in configured key order.
     """
 
     query: np.ndarray
@@ -109,51 +115,153 @@ class Candidates:
         """Number of candidates K."""
         return int(self.features.shape[0])
 
+    @classmethod
+    def from_parts(
+        cls,
+        query: np.ndarray,
+        items: np.ndarray,
+        context: np.ndarray,
+        emerging: np.ndarray,
+        item_ids: np.ndarray | None = None,
+        creator_ids: np.ndarray | None = None,
+    ) -> Candidates:
+        """One decision's candidates with their features (:func:`bandits.features.build_features`) and parts.
 
-@dataclass(frozen=True)
+        Policies that can score from the parts (LinUCB's confidence width) then skip the F-by-F products.
+        """
+        parts = FeatureParts(
+            np.asarray(query, dtype=np.float64),
+            np.asarray(items, dtype=np.float64),
+            np.asarray(context, dtype=np.float64),
+        )
+        return cls(build_features(query, items, context), emerging, item_ids, creator_ids, parts)
+
+
+@dataclass(frozen=True, init=False)
 class CandidateBatch:
     """The candidates of n decisions, padded to a common K.
 
     Parameters
     ----------
     features
-        n by K by F float64 features (padding rows may hold anything finite).
+        n by K by F float64 features (padding rows may hold anything finite), or None when ``parts`` are given:
+        then they are built from the parts the first time something reads :attr:`features` (policies that score
+        from the parts never do).
     valid
         n by K booleans; False marks padding. Every decision has at least one valid candidate.
     emerging
         n by K booleans: whether each candidate's creator is emerging.
     item_ids, creator_ids
         Optional n by K object arrays of ids (None in padding cells is fine).
+    parts
+        Optional n-decision :class:`FeatureParts` the features are built from.
     """
 
-    features: np.ndarray
     valid: np.ndarray
     emerging: np.ndarray
-    item_ids: np.ndarray | None = None
-    creator_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None
+    creator_ids: np.ndarray | None
+    parts: FeatureParts | None
 
-    def __post_init__(self) -> None:
-        f = np.asarray(self.features, dtype=np.float64)
-        if f.ndim != 3:
+    def __init__(
+        self,
+        features: np.ndarray | None,
+        valid: np.ndarray,
+        emerging: np.ndarray,
+        item_ids: np.ndarray | None = None,
+        creator_ids: np.ndarray | None = None,
+        parts: FeatureParts | None = None,
+    ) -> None:
+        v = np.asarray(valid, dtype=bool)
+        e = np.asarray(emerging, dtype=bool)
+        f = None if features is None else np.asarray(features, dtype=np.float64)
+        if f is not None and f.ndim != 3:
             raise ValueError(f"features must be n-by-K-by-F, got shape {f.shape}")
-        v = np.asarray(self.valid, dtype=bool)
-        e = np.asarray(self.emerging, dtype=bool)
-        if v.shape != f.shape[:2]:
-            raise ValueError(f"valid must be n-by-K = {f.shape[:2]}, got shape {v.shape}")
-        if e.shape != f.shape[:2]:
-            raise ValueError(f"emerging must be n-by-K = {f.shape[:2]}, got shape {e.shape}")
-        if f.shape[0] and not v.any(axis=1).all():
+        if parts is not None:
+            n, k, d = np.shape(parts.items)
+            if np.shape(parts.query) != (n, d) or np.shape(parts.context)[:1] != (n,) or np.ndim(parts.context) != 2:
+                raise ValueError(
+                    f"parts: queries {np.shape(parts.query)}, items {np.shape(parts.items)} and context "
+                    f"{np.shape(parts.context)} do not describe the same n decisions"
+                )
+            shape = (n, k)
+        elif f is not None:
+            shape = f.shape[:2]
+        else:
+            raise ValueError("give features, or the parts to build them from")
+        if v.shape != shape:
+            raise ValueError(f"valid must be n-by-K = {shape}, got shape {v.shape}")
+        if e.shape != shape:
+            raise ValueError(f"emerging must be n-by-K = {shape}, got shape {e.shape}")
+        if shape[0] and not v.any(axis=1).all():
             raise ValueError(f"valid: decision {int(np.argmin(v.any(axis=1)))} has no valid candidate")
-        if not np.isfinite(f).all():
-            raise ValueError("features must be finite")
-        object.__setattr__(self, "features", f)
         object.__setattr__(self, "valid", v)
         object.__setattr__(self, "emerging", e & v)
-        object.__setattr__(self, "item_ids", _ids(self.item_ids, v.shape, "item_ids"))
-        object.__setattr__(self, "creator_ids", _ids(self.creator_ids, v.shape, "creator_ids"))
+        object.__setattr__(self, "item_ids", _ids(item_ids, shape, "item_ids"))
+        object.__setattr__(self, "creator_ids", _ids(creator_ids, shape, "creator_ids"))
+        object.__setattr__(self, "parts", parts)
+        if f is not None:
+            self.__dict__["features"] = self._checked(f)
+
+    @classmethod
+    def from_parts(
+        cls,
+        queries: np.ndarray,
+        items: np.ndarray,
+        context: np.ndarray,
+        valid: np.ndarray,
+        emerging: np.ndarray,
+        item_ids: np.ndarray | None = None,
+        creator_ids: np.ndarray | None = None,
+    ) -> CandidateBatch:
+        """Build a batch from its parts (n-by-d queries, n-by-K-by-d items, n-by-C context), features deferred."""
+        parts = FeatureParts(
+            np.asarray(queries, dtype=np.float64),
+            np.asarray(items, dtype=np.float64),
+            np.asarray(context, dtype=np.float64),
+        )
+        return cls(None, valid, emerging, item_ids, creator_ids, parts)
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """The n-by-K-by-F features (built from the parts on first use when they were not given)."""
+        assert self.parts is not None
+        return self._checked(build_features_batch(self.parts.query, self.parts.items, self.parts.context))
+
+    def _checked(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 3 or f.shape[:2] != self.valid.shape:
+            raise ValueError(f"features must be n-by-K-by-F with n-by-K = {self.valid.shape}, got shape {f.shape}")
+        if not np.isfinite(f).all():
+            raise ValueError("features must be finite")
+        return f
+
+    @property
+    def feature_dim(self) -> int:
+        """F, without building the features."""
+        if "features" in self.__dict__ or self.parts is None:
+            return int(self.features.shape[2])
+        return (2 + int(np.shape(self.parts.context)[1])) * int(np.shape(self.parts.items)[2]) + 1
 
     def __len__(self) -> int:
-        return int(self.features.shape[0])
+        return int(self.valid.shape[0])
+
+    def take(self, rows: np.ndarray | slice) -> CandidateBatch:
+        """The decisions at ``rows`` (features stay deferred when they have not been built)."""
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[rows]
+
+        built = "features" in self.__dict__
+        parts = self.parts and FeatureParts(self.parts.query[rows], self.parts.items[rows], self.parts.context[rows])
+        return CandidateBatch(
+            self.features[rows] if built or parts is None else None,
+            self.valid[rows],
+            self.emerging[rows],
+            pick(self.item_ids),
+            pick(self.creator_ids),
+            parts,
+        )
 
     def row(self, i: int) -> tuple[Candidates, np.ndarray]:
         """Decision ``i``'s valid candidates, and their column numbers in the batch."""
@@ -326,6 +434,13 @@ class Policy(ABC):
         Policies with item- and creator-level terms override this; the default ignores the ids and ``parts``.
         """
         return self.score_table(features)
+
+    def batch_table(self, batch: CandidateBatch) -> np.ndarray:
+        """The score tables of n decisions (replay), from their features.
+
+        Policies that score from the feature parts override this and leave the features unbuilt.
+        """
+        return self.candidate_table(batch.features, batch.item_ids, batch.creator_ids)
 
     def slot_probabilities(self, scores: np.ndarray, available: np.ndarray) -> np.ndarray:
         """Distribution of one slot's item over the K candidates.
@@ -501,12 +616,12 @@ class Policy(ABC):
         rows, slots = np.nonzero(filled)
         if not batch.valid[rows, served[rows, slots]].all():
             raise ValueError("served names a padding column (valid is False there)")
-        if batch.features.shape[2] != self.feature_dim:
-            raise ValueError(f"batch has {batch.features.shape[2]} feature columns, policy expects {self.feature_dim}")
+        if batch.feature_dim != self.feature_dim:
+            raise ValueError(f"batch has {batch.feature_dim} feature columns, policy expects {self.feature_dim}")
         if self.batched:
             parts = [
                 self._replay_vectorized(
-                    _chunk(batch, start, start + REPLAY_CHUNK), served[start : start + REPLAY_CHUNK]
+                    batch.take(slice(start, start + REPLAY_CHUNK)), served[start : start + REPLAY_CHUNK]
                 )
                 for start in range(0, n, REPLAY_CHUNK)
             ]
@@ -527,7 +642,7 @@ class Policy(ABC):
         placed[rows, slots, served[rows, slots]] = True
         before = np.cumsum(placed, axis=1) - placed
         available = batch.valid[:, None, :] & (before == 0)
-        table = self._weighted(self.candidate_table(batch.features, batch.item_ids, batch.creator_ids), batch.emerging)
+        table = self._weighted(self.batch_table(batch), batch.emerging)
         em_served = np.zeros((n, s), dtype=np.int64)
         em_served[rows, slots] = batch.emerging[rows, served[rows, slots]]
         owed = self.exposure.required(filled.sum(axis=1))[:, None] - (np.cumsum(em_served, axis=1) - em_served)
@@ -565,19 +680,6 @@ class Policy(ABC):
             raise ValueError(
                 f"candidates have {candidates.features.shape[1]} feature columns, policy expects {self.feature_dim}"
             )
-
-
-def _chunk(batch: CandidateBatch, start: int, stop: int) -> CandidateBatch:
-    def cut(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[start:stop]
-
-    return CandidateBatch(
-        batch.features[start:stop],
-        batch.valid[start:stop],
-        batch.emerging[start:stop],
-        cut(batch.item_ids),
-        cut(batch.creator_ids),
-    )
 
 
 def _rank_greedy_mixture(

@@ -15,13 +15,17 @@ once (the learner's and offline evaluation's path); row for row it equals :func:
 Item- and creator-level terms (what a listener thinks of this very item or creator, beyond its content) are not
 columns here: they are per-arm parameters of the policies' reward model (:class:`bandits.ridge.LinearModel`), keyed
 by the candidates' item and creator ids.
+
+The features are linear in the item vector except for the bias column, and every block but the first weights the
+item vector by one number (1 or a context value): :func:`block_weights` exposes that structure, and policies score
+from the parts (``q``, ``V``, ``c``) without building the features (:class:`bandits.linucb.LinUCB`). This module is
+plain numpy: :mod:`bandits.base` builds :class:`~bandits.base.Candidates` and
+:class:`~bandits.base.CandidateBatch` from the parts with it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from bandits.base import Candidates, FeatureParts
 
 
 def feature_dim(embedding_dim: int, num_context: int) -> int:
@@ -64,17 +68,18 @@ def build_features(query: np.ndarray, items: np.ndarray, context: np.ndarray) ->
 
 
 def block_weights(query: np.ndarray, context: np.ndarray) -> np.ndarray:
-    """The request's per-block weights: row b multiplies the item vector in feature block b.
+    """The per-block weights: row b multiplies the item vector in feature block b.
 
     ``build_features(q, V, c)[:, :-1]`` equals ``(V[:, None, :] * W[None]).reshape(K, -1)`` with ``W`` the
-    ``(2 + C)``-by-d result ``[q, 1, c_1, ..., c_C]``. Policies use this structure to score candidates from their
-    d-dimensional vectors instead of the F-dimensional features (see :class:`bandits.linucb.LinUCB`).
+    ``(2 + C)``-by-d result ``[q, 1, c_1, ..., c_C]``; rows after the first are constant. Leading axes broadcast:
+    n queries (n-by-d) and n contexts (n-by-C) give n-by-(2 + C)-by-d.
     """
     query = np.asarray(query, dtype=np.float64)
     context = np.asarray(context, dtype=np.float64)
-    W = np.empty((2 + len(context), len(query)))
-    W[0], W[1] = query, 1.0
-    W[2:] = context[:, None]
+    c = context.shape[-1]
+    W = np.empty((*query.shape[:-1], 2 + c, query.shape[-1]))
+    W[..., 0, :], W[..., 1, :] = query, 1.0
+    W[..., 2:, :] = context[..., :, None]
     return W
 
 
@@ -114,22 +119,3 @@ def build_features_batch(queries: np.ndarray, items: np.ndarray, context: np.nda
         out[:, :, 2 * d : (2 + c) * d] = (context[:, None, :, None] * items[:, :, None, :]).reshape(n, k, c * d)
     out[:, :, -1] = 1.0
     return out
-
-
-def make_candidates(
-    query: np.ndarray,
-    items: np.ndarray,
-    context: np.ndarray,
-    emerging: np.ndarray,
-    item_ids: np.ndarray | None = None,
-    creator_ids: np.ndarray | None = None,
-) -> Candidates:
-    """Build one decision's :class:`~bandits.base.Candidates` with its features and the parts they came from.
-
-    Policies that can score from the parts (LinUCB's confidence width) then skip the F-by-F products.
-    """
-    features = build_features(query, items, context)
-    parts = FeatureParts(
-        np.asarray(query, dtype=np.float64), np.asarray(items, dtype=np.float64), np.asarray(context, dtype=np.float64)
-    )
-    return Candidates(features, emerging, item_ids, creator_ids, parts)

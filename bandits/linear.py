@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from bandits.base import CandidateBatch, Exposure, FeatureParts, Policy
+from bandits.features import block_weights
 from bandits.ridge import ArmTerms, RidgeRegression, examination
 
 Arms = tuple[np.ndarray, np.ndarray] | None
@@ -35,6 +36,8 @@ class LinearPolicy(Policy):
     """
 
     batched = True
+    #: Whether :meth:`parts_table` scores from the feature parts alone (policies that draw parameters do not).
+    factored = True
 
     def __init__(
         self,
@@ -59,6 +62,31 @@ class LinearPolicy(Policy):
         """Score table from features (..., K, F), bucket numbers (..., K) or None, and optionally the parts."""
         return self.mean(features, arms)
 
+    def parts_table(self, parts: FeatureParts, arms: Arms) -> np.ndarray:
+        """Score table from the feature parts of one decision or of n (leading axes); :meth:`parts_mean` here."""
+        return self.parts_mean(parts, arms)
+
+    def parts_mean(self, parts: FeatureParts, arms: Arms) -> np.ndarray:
+        """Predicted relevance from the parts, without the features: ``V w + theta_bias``, ``w = sum_b W_b theta_b``.
+
+        ``W`` are the request's block weights (:func:`bandits.features.block_weights`): the same numbers as
+        :meth:`mean` of the built features, up to rounding.
+        """
+        W = block_weights(parts.query, parts.context)
+        theta = self.model.theta
+        w = (W * theta[:-1].reshape(W.shape[-2:])).sum(axis=-2)
+        mean = np.einsum("...kd,...d->...k", np.asarray(parts.items, dtype=np.float64), w) + theta[-1]
+        if arms is not None and self.arms is not None:
+            mean = mean + self.arms.bias(*arms)
+        return np.asarray(mean, dtype=np.float64)
+
+    def batch_table(self, batch: CandidateBatch) -> np.ndarray:
+        """Score tables of n decisions, from the batch's parts when it has them (its features stay unbuilt)."""
+        if batch.parts is None or not self.factored:
+            return super().batch_table(batch)
+        arms = self._arms(batch.item_ids, batch.creator_ids)
+        return self._optimistic(self.parts_table(batch.parts, arms), arms)
+
     def mean(self, features: np.ndarray, arms: Arms) -> np.ndarray:
         """Predicted relevance (reward at examination 1)."""
         mean = self.model.predict(features)
@@ -80,7 +108,9 @@ class LinearPolicy(Policy):
     ) -> np.ndarray:
         """Score table with item/creator terms and optimism where the ids are known."""
         arms = self._arms(item_ids, creator_ids)
-        table = self.linear_table(features, arms, parts)
+        return self._optimistic(self.linear_table(features, arms, parts), arms)
+
+    def _optimistic(self, table: np.ndarray, arms: Arms) -> np.ndarray:
         if arms is not None and self.arms is not None and self.exposure.optimism:
             bonus = self.exposure.optimism * self.arms.bonus(*arms)
             table = table + (bonus[..., None, :] if table.ndim > bonus.ndim else bonus)

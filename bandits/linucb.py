@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from bandits.base import Exposure, FeatureParts
-from bandits.features import block_weights
 from bandits.linear import Arms, LinearPolicy
 
 
@@ -39,46 +38,61 @@ class LinUCB(LinearPolicy):
         position_model: str = "dcg",
         exposure: Exposure | None = None,
     ) -> None:
-        self._blocks: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None
         super().__init__(feature_dim, l2, arm_buckets, arm_l2, position_model, exposure)
         if not (np.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be non-negative, got {alpha}")
         self.alpha = float(alpha)
 
     def linear_table(self, features: np.ndarray, arms: Arms, parts: FeatureParts | None = None) -> np.ndarray:
-        """Upper confidence bound of each candidate's relevance.
-
-        With ``parts`` (one decision), ``x^T A^-1 x`` comes from the factored form ``v^T H v + 2 v.h + g`` where
-        ``v`` is the d-dimensional item vector and ``H``, ``h``, ``g`` fold the request's block weights into
-        ``A^-1`` once per request: O(K d^2) instead of O(K F^2).
-        """
+        """Upper confidence bound of each candidate's relevance; from ``parts`` when given (one decision)."""
+        if parts is not None and features.ndim == 2:
+            return self.parts_table(parts, arms)
         mean = self.mean(features, arms)
         if not self.alpha:
             return mean
-        if parts is not None and features.ndim == 2:
-            variance = self._factored_variance(parts)
-        else:
-            variance = ((features @ self.model.A_inv) * features).sum(axis=-1)
+        variance = ((features @ self.model.A_inv) * features).sum(axis=-1)
+        return self._bound(mean, variance, arms)
+
+    def parts_table(self, parts: FeatureParts, arms: Arms) -> np.ndarray:
+        """Upper confidence bound from the feature parts of one decision or n, without the features."""
+        mean = self.parts_mean(parts, arms)
+        return self._bound(mean, self._parts_variance(parts), arms) if self.alpha else mean
+
+    def _bound(self, mean: np.ndarray, variance: np.ndarray, arms: Arms) -> np.ndarray:
         if arms is not None and self.arms is not None:
             variance = variance + self.arms.variance(*arms)
         return np.asarray(mean + self.alpha * np.sqrt(np.maximum(variance, 0.0)), dtype=np.float64)
 
-    def _factored_variance(self, parts: FeatureParts) -> np.ndarray:
-        W = block_weights(parts.query, parts.context)
-        blocks, d = W.shape
-        bd = blocks * d
+    def _parts_variance(self, parts: FeatureParts) -> np.ndarray:
+        """``x^T A^-1 x`` of every candidate from its item vector ``v``: O(K d^2) per decision, not O(K F^2).
+
+        The feature blocks are ``q * v`` and ``s_b v`` with scalars ``s = [1, c_1, ..., c_C]``
+        (:func:`bandits.features.block_weights`), so with ``G = A^-1`` in d-by-d blocks (block 0 is ``q * v``,
+        blocks ``b >= 1`` the scalar ones) and its bias column in d-blocks ``g_b`` and last entry ``g``:
+
+            x^T G x = v^T M v + 2 v.(q * g_0 + sum_b s_b g_b) + g,
+            M = diag(q) G_00 diag(q) + 2 diag(q) P + R,  P = sum_b s_b G_0b,  R = sum_bc s_b s_c G_bc.
+
+        ``P`` and ``R`` are matrix products of ``s`` with the cached blocks; ``M`` is built once per decision.
+        """
+        q = np.asarray(parts.query, dtype=np.float64)
+        V = np.asarray(parts.items, dtype=np.float64)
+        c = np.asarray(parts.context, dtype=np.float64)
+        single = q.ndim == 1
+        if single:
+            q, V, c = q[None], V[None], c[None]
+        n, _, d = V.shape
+        s = np.concatenate([np.ones((n, 1)), c], axis=1)
         if self._blocks is None:
-            G = self.model.A_inv
-            self._blocks = (
-                np.ascontiguousarray(G[:bd, :bd].reshape(blocks, d, blocks, d).transpose(0, 2, 1, 3)),
-                np.ascontiguousarray(G[:bd, -1].reshape(blocks, d)),
-                float(G[-1, -1]),
-            )
-        G4, g, g0 = self._blocks
-        H = np.einsum("bi,bij->ij", W, np.einsum("bcij,cj->bij", G4, W))
-        h = (g * W).sum(axis=0)
-        V = parts.items
-        return np.asarray(np.einsum("ki,ki->k", V @ H, V) + 2.0 * (V @ h) + g0, dtype=np.float64)
+            self._blocks = _variance_blocks(self.model.A_inv, s.shape[1], d)
+        G00, P, R, g_q, g_s, g0 = self._blocks
+        # M transposed (R and G_00 are symmetric), so that V @ M^T is one contiguous batched product.
+        MT = ((s[:, :, None] * s[:, None, :]).reshape(n, -1) @ R).reshape(n, d, d)
+        MT += (s @ P).reshape(n, d, d).transpose(0, 2, 1) * (2.0 * q)[:, None, :]
+        MT += G00 * (q[:, :, None] * q[:, None, :])
+        variance = np.einsum("nki,nki->nk", V @ MT, V) + 2.0 * np.einsum("nkd,nd->nk", V, q * g_q + s @ g_s) + g0
+        return np.asarray(variance[0] if single else variance, dtype=np.float64)
 
     def _changed(self) -> None:
         self._blocks = None
@@ -89,3 +103,15 @@ class LinUCB(LinearPolicy):
 
     def _params(self) -> dict[str, Any]:
         return {"alpha": self.alpha} | self._linear_params()
+
+
+def _variance_blocks(
+    G: np.ndarray, scalars: int, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """``G_00``, the ``G_0b`` and ``G_bc`` of the scalar blocks flattened for matrix products, and the bias blocks."""
+    blocks = 1 + scalars
+    G4 = G[: blocks * d, : blocks * d].reshape(blocks, d, blocks, d).transpose(0, 2, 1, 3)
+    P = np.ascontiguousarray(G4[0, 1:].reshape(scalars, d * d))
+    R = np.ascontiguousarray(G4[1:, 1:].reshape(scalars * scalars, d * d))
+    g = G[: blocks * d, -1].reshape(blocks, d)
+    return np.ascontiguousarray(G4[0, 0]), P, R, g[0].copy(), np.ascontiguousarray(g[1:]), float(G[-1, -1])

@@ -44,6 +44,7 @@ class LinearThompson(LinearPolicy):
     """
 
     name = "thompson"
+    factored = False
 
     def __init__(
         self,

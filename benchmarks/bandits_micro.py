@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bandits.base import CandidateBatch, Candidates  # noqa: E402
-from bandits.features import build_features, build_features_batch, feature_dim, make_candidates  # noqa: E402
+from bandits.features import build_features, build_features_batch, feature_dim  # noqa: E402
 from bandits.registry import create_policy  # noqa: E402
 
 CONTEXT = 2
@@ -84,7 +84,7 @@ def bench_rank(dim: int, k: int, slate: int, min_time: float, rng: np.random.Gen
         gen = np.random.default_rng(0)
 
         def run(policy=policy, with_ids=with_ids, gen=gen) -> object:
-            cands = make_candidates(
+            cands = Candidates.from_parts(
                 query, items, context, emerging, item_ids if with_ids else None, creator_ids if with_ids else None
             )
             return policy.rank(cands, slate, gen)

@@ -29,9 +29,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bandits.base import CandidateBatch, Policy  # noqa: E402
+from bandits.base import CandidateBatch, Candidates, Policy  # noqa: E402
 from bandits.emerging import EmergingRule  # noqa: E402
-from bandits.features import build_features_batch, feature_dim, make_candidates  # noqa: E402
+from bandits.features import build_features_batch, feature_dim  # noqa: E402
 from bandits.registry import create_policy  # noqa: E402
 from embeddings.builder import build_artifact  # noqa: E402
 from embeddings.encoder import EncoderConfig  # noqa: E402
@@ -100,7 +100,7 @@ def run(policy: Policy, stream: Stream, index, slate: int, every: int, seed: int
     start = time.perf_counter()
     for t in range(n):
         pos = stream.positions[t]
-        cands = make_candidates(
+        cands = Candidates.from_parts(
             stream.queries[t],
             vectors[pos],
             stream.context[t],

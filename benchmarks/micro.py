@@ -41,7 +41,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bandits.features import make_candidates  # noqa: E402
+from bandits.base import Candidates  # noqa: E402
 from embeddings.index import IndexArtifact  # noqa: E402
 from server.app import limit_native_threads  # noqa: E402
 from server.recommender import PolicyBook, Recommender, RecommendInput  # noqa: E402
@@ -190,7 +190,7 @@ def main() -> int:
 
     def scoring(i: int) -> None:
         positions = found[i % len(found)]
-        candidates = make_candidates(
+        candidates = Candidates.from_parts(
             queries[i % len(found)],
             index.vectors[positions],
             context,

@@ -2,31 +2,37 @@
 
 Builds a synthetic world and its index, writes N decision records in Scout's log schema (candidates drawn from the
 index, slates sampled by an exploring epsilon-greedy logger with its exact propensities), then times reading the
-Parquet file in batches and replaying every decision with a LinUCB target (`offline_eval.replay.replay_table`),
-and the estimators on top. Usage: `python benchmarks/ope_replay.py [--decisions 50000]`.
+Parquet file in batches and replaying every decision with a LinUCB target (`offline_eval.replay.replay_batches`,
+`--threads` batches at once, BLAS at one thread per call), and the estimators on top.
+Usage: `python benchmarks/ope_replay.py [--decisions 50000] [--threads 2]`.
 """
 
-import argparse
-import json
 import os
-import time
-from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
-from bandits.emerging import EmergingRule
-from bandits.epsilon_greedy import EpsilonGreedy
-from bandits.features import build_features_batch, feature_dim
-from bandits.linucb import LinUCB
-from embeddings.builder import build_artifact
-from embeddings.encoder import EncoderConfig
-from embeddings.index import IndexArtifact
-from offline_eval.base import SlateData
-from offline_eval.evaluation import evaluate_data
-from offline_eval.logs import records_to_table
-from offline_eval.replay import concat, rebuild
-from offline_eval.world import SyntheticWorld, WorldConfig
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from bandits.emerging import EmergingRule  # noqa: E402
+from bandits.epsilon_greedy import EpsilonGreedy  # noqa: E402
+from bandits.features import build_features_batch, feature_dim  # noqa: E402
+from bandits.linucb import LinUCB  # noqa: E402
+from embeddings.builder import build_artifact  # noqa: E402
+from embeddings.encoder import EncoderConfig  # noqa: E402
+from embeddings.index import IndexArtifact  # noqa: E402
+from offline_eval.evaluation import evaluate_data  # noqa: E402
+from offline_eval.logs import records_to_table  # noqa: E402
+from offline_eval.replay import concat, replay_batches  # noqa: E402
+from offline_eval.world import SyntheticWorld, WorldConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--decisions", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="batches replayed at once")
     args = parser.parse_args()
     path = Path(f"/tmp/scout_ope_replay_{args.decisions}.parquet")
     index_dir, target_file = path.with_suffix(".index"), path.with_suffix(".target.npz")
@@ -104,16 +111,15 @@ def main() -> None:
         print(f"generated {args.decisions} decisions in {time.perf_counter() - t0:.1f} s")
     columns = ["index_version", "candidate_ids", "seed_item_ids", "item_ids", "propensities", "rewards"]
     columns += ["context_values", "emerging_rule"]
+
+    def batches() -> Iterator[tuple[int, pa.RecordBatch]]:
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=args.batch_size, columns=columns):
+            yield offset, batch
+            offset += batch.num_rows
+
     t0 = time.perf_counter()
-    parts: list[SlateData] = []
-    rebuild_s = 0.0
-    offset = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=args.batch_size, columns=columns):
-        r0 = time.perf_counter()
-        rebuilt = rebuild(batch, index, offset)
-        rebuild_s += time.perf_counter() - r0
-        parts.append(rebuilt.slate_data(target.replay_distributions(rebuilt.candidates, rebuilt.served)))
-        offset += batch.num_rows
+    parts = [r.data for r in replay_batches(batches(), index, target, args.threads)]
     data = concat(parts)
     replay_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -127,7 +133,8 @@ def main() -> None:
         "target": "linucb",
         "read_and_replay_s": round(replay_s, 3),
         "decisions_per_s": round(rate),
-        "of which rebuild_s (read ids, features, emerging flags)": round(rebuild_s, 3),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
         "estimators_s (ips, snips, dr, normal intervals)": round(estimate_s, 3),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bandits.base import CandidateBatch, Policy
+from bandits.base import Policy
 from embeddings.index import IndexArtifact
 from offline_eval.base import Estimate, Terms
 from offline_eval.logs import DecisionLog, LogError
@@ -130,7 +130,7 @@ def replay_learning(
             reward_low = min(reward_low, float(batch.rewards[mask].min()))
             reward_high = max(reward_high, float(batch.rewards[mask].max()))
         if len(rows):
-            policy.update_batch(_rows(batch.candidates, rows), served_kept[rows], batch.rewards[rows], target[rows])
+            policy.update_batch(batch.candidates.take(rows), served_kept[rows], batch.rewards[rows], target[rows])
             updates += 1
             curve.append((kept_decisions, stats.value()))
         if progress is not None:
@@ -171,12 +171,3 @@ def replay_learning_log(
     bounds = slot_bounds(props, np.arange(width)[None, :] < lengths[:, None])
     batches = (rebuild(table.slice(start, chunk), index, start) for start in range(0, table.num_rows, chunk))
     return replay_learning(batches, policy, bounds, seed, level, progress)
-
-
-def _rows(batch: CandidateBatch, rows: np.ndarray) -> CandidateBatch:
-    def pick(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[rows]
-
-    return CandidateBatch(
-        batch.features[rows], batch.valid[rows], batch.emerging[rows], pick(batch.item_ids), pick(batch.creator_ids)
-    )

@@ -8,13 +8,17 @@ content vectors and must be the version named in the log.
 from __future__ import annotations
 
 import json
+import os
 import weakref
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from threadpoolctl import threadpool_limits
 
 from bandits.base import CandidateBatch, Candidates, Policy
 from bandits.emerging import EmergingRule
@@ -75,32 +79,93 @@ def decisions(log: DecisionLog, index: IndexArtifact) -> Iterator[LoggedDecision
         )
 
 
-def replay(log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192) -> SlateData:
-    """The logged slates with ``target``'s conditional probabilities of each logged slot (vectorized)."""
-    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
-    parts = [replay_table(table.slice(start, chunk), index, target) for start in range(0, table.num_rows, chunk)]
+def replay(
+    log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192, threads: int | None = None
+) -> SlateData:
+    """The logged slates with ``target``'s conditional probabilities of each logged slot (vectorized).
+
+    ``chunk`` decisions are rebuilt and replayed at a time, ``threads`` chunks at once (default: the CPU count).
+    """
+    parts = [r.data for r in replay_batches(_slices(log, chunk), index, target, threads)]
     if not parts:
         raise LogError("the log has no decisions")
     return concat(parts)
 
 
 def replay_with_distributions(
-    log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192
+    log: DecisionLog, index: IndexArtifact, target: Policy, chunk: int = 8192, threads: int | None = None
 ) -> tuple[SlateData, list[np.ndarray], list[CandidateInfo]]:
     """:func:`replay`, plus each chunk's n-by-S-by-K target distributions and candidate facts (for exposure)."""
-    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
     parts, dists, infos = [], [], []
-    for start in range(0, table.num_rows, chunk):
-        batch = rebuild(table.slice(start, chunk), index, start)
-        d = target.replay_distributions(batch.candidates, batch.served)
-        parts.append(batch.slate_data(d))
-        dists.append(d)
-        c = batch.candidates
+    for r in replay_batches(_slices(log, chunk), index, target, threads):
+        parts.append(r.data)
+        dists.append(r.distributions)
+        c = r.batch.candidates
         assert c.creator_ids is not None
-        infos.append(CandidateInfo(c.creator_ids, c.emerging, c.valid, batch.served))
+        infos.append(CandidateInfo(c.creator_ids, c.emerging, c.valid, r.batch.served))
     if not parts:
         raise LogError("the log has no decisions")
     return concat(parts), dists, infos
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One replayed batch: the rebuilt decisions, the target's n-by-S-by-K slot distributions, the SlateData."""
+
+    batch: RebuiltBatch
+    distributions: np.ndarray
+    data: SlateData
+
+
+def replay_batches(
+    tables: Iterable[tuple[int, pa.Table | pa.RecordBatch]],
+    index: IndexArtifact,
+    target: Policy,
+    threads: int | None = None,
+) -> Iterator[Replayed]:
+    """Rebuild and replay batches of log rows, in order, ``threads`` batches at a time.
+
+    Parameters
+    ----------
+    tables
+        ``(offset, rows)`` pairs: Arrow rows of the decision log (the columns :func:`replay_table` needs) and the
+        row number of their first row, for error messages.
+    index
+        The index artifact the decisions were made with.
+    target
+        The policy to replay (its scoring must be read-only, as every Scout policy's batched path is).
+    threads
+        Batches worked on at once (default: the CPU count). numpy releases the GIL in the array work, so threads
+        use the cores; while more than one runs, BLAS is held to one thread per call (process-wide, until the
+        iterator is exhausted or closed). At most twice this many batches are in memory at once.
+    """
+
+    def work(item: tuple[int, pa.Table | pa.RecordBatch]) -> Replayed:
+        offset, rows = item
+        batch = rebuild(rows, index, offset)
+        dists = target.replay_distributions(batch.candidates, batch.served)
+        return Replayed(batch, dists, batch.slate_data(dists))
+
+    workers = (os.cpu_count() or 1) if threads is None else threads
+    if workers < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if workers == 1 or not target.batched:
+        yield from map(work, tables)
+        return
+    with ThreadPoolExecutor(workers) as pool, threadpool_limits(1):
+        pending: deque[Future[Replayed]] = deque()
+        for item in tables:
+            pending.append(pool.submit(work, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _slices(log: DecisionLog, chunk: int) -> Iterator[tuple[int, pa.Table]]:
+    table = pa.Table.from_pydict({name: log[name] for name in _REPLAY_COLUMNS}, schema=_REPLAY_SCHEMA)
+    for start in range(0, table.num_rows, chunk):
+        yield start, table.slice(start, chunk)
 
 
 def replay_table(table: pa.Table | pa.RecordBatch, index: IndexArtifact, target: Policy, offset: int = 0) -> SlateData:
@@ -133,15 +198,26 @@ class RebuiltBatch:
     rewards: np.ndarray
 
     def slate_data(self, dists: np.ndarray) -> SlateData:
-        """SlateData from the target's n-by-S-by-K slot distributions."""
+        """SlateData from the target's n-by-S-by-K slot distributions.
+
+        The reward model's features of the logged items, and the target's expected features per slot, come from
+        the parts when the batch has them: features are linear in the item vector but for the bias column, so the
+        expectation is the features of ``sum_k p_k v_k`` with the bias set to ``sum_k p_k``.
+        """
         mask = self.served >= 0
         n, s = mask.shape
         col = np.where(mask, self.served, 0)
         rows = np.arange(n)[:, None]
         target_p = np.where(mask, dists[rows, np.arange(s)[None, :], col], 0.0)
-        features = self.candidates.features
-        logged_x = features[rows, col] * mask[:, :, None]
-        target_x = np.einsum("nsk,nkf->nsf", dists, features)
+        parts = self.candidates.parts
+        if parts is None:
+            features = self.candidates.features
+            logged_x = features[rows, col] * mask[:, :, None]
+            target_x = np.einsum("nsk,nkf->nsf", dists, features)
+        else:
+            logged_x = build_features_batch(parts.query, parts.items[rows, col], parts.context) * mask[:, :, None]
+            target_x = build_features_batch(parts.query, dists @ parts.items, parts.context)
+            target_x[:, :, -1] = dists.sum(axis=2)
         return SlateData(self.propensities, target_p, self.rewards, mask, logged_x, target_x)
 
 
@@ -164,9 +240,6 @@ def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int 
         row = int(np.argmax((filled & ~found).any(axis=1)))
         raise LogError(f"column item_ids: row {offset + row} serves an item that is not one of its candidates")
     served = np.where(filled, match.argmax(axis=2), -1).astype(np.int64)
-    features = build_features_batch(
-        queries(index, seed_pos, seed_len), index.vectors[positions], context_matrix(table, offset)
-    )
     emerging = np.zeros((n, k), dtype=bool)
     rules = np.asarray(table.column("emerging_rule").to_pylist(), dtype=object)
     for text in set(rules.tolist()):
@@ -175,8 +248,10 @@ def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int 
         emerging[rows] = rule.flags(index.creator_popularity[positions[rows]], index.creator_age_days[positions[rows]])
     props, _ = _pad(*_flat(table.column("propensities")), s, 1.0)
     rewards, _ = _pad(*_flat(table.column("rewards")), s, 0.0)
-    candidates = CandidateBatch(
-        features,
+    candidates = CandidateBatch.from_parts(
+        queries(index, seed_pos, seed_len),
+        index.vectors[positions],
+        context_matrix(table, offset),
         valid,
         emerging & valid,
         _ids(index.item_ids, positions, valid),
@@ -222,6 +297,8 @@ def concat(parts: list[SlateData]) -> SlateData:
     s = max(p.slots for p in parts)
 
     def pad(a: np.ndarray, fill: float) -> np.ndarray:
+        if a.shape[1] == s:
+            return a
         width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
         return np.pad(a, width, constant_values=fill)
 

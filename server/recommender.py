@@ -15,7 +15,7 @@ import numpy as np
 
 from bandits.base import Candidates, Policy, Slate
 from bandits.emerging import EmergingRule, merge_candidates
-from bandits.features import feature_dim, make_candidates
+from bandits.features import feature_dim
 from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
 from server.assignment import PAUSED, Placement
@@ -201,7 +201,7 @@ class Recommender:
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
         # ids feed the policies' item/creator terms, exactly as replay and the learner do; the parts let LinUCB
         # score its confidence width in O(K d^2) instead of O(K F^2)
-        candidates = make_candidates(
+        candidates = Candidates.from_parts(
             query,
             index.vectors[positions],
             context,

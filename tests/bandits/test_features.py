@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bandits.base import Candidates
+from bandits.base import CandidateBatch, Candidates
 from bandits.emerging import EmergingRule, merge_candidates
-from bandits.features import block_weights, build_features, build_features_batch, feature_dim, make_candidates
+from bandits.features import block_weights, build_features, build_features_batch, feature_dim
 from bandits.linucb import LinUCB
 
 
@@ -63,7 +63,7 @@ def test_linucb_scores_from_parts_equal_scores_from_features() -> None:
     policy.update(X.reshape(150, -1), rng.random(150))
     query, items, context = rng.normal(size=d), rng.normal(size=(7, d)), rng.random(c)
     ids = np.array([f"i{j}" for j in range(7)], dtype=object)
-    with_parts = make_candidates(query, items, context, np.zeros(7, bool), ids, ids)
+    with_parts = Candidates.from_parts(query, items, context, np.zeros(7, bool), ids, ids)
     plain = Candidates(build_features(query, items, context), np.zeros(7, bool), ids, ids)
     assert with_parts.parts is not None and plain.parts is None
     np.testing.assert_allclose(policy.table(with_parts), policy.table(plain), rtol=1e-10)
@@ -80,3 +80,29 @@ def test_merge_candidates_reserves_a_quota_for_the_emerging_list() -> None:
     assert merge_candidates(main, emerging, total=4, quota=0)[0] == main[:4]
     with pytest.raises(ValueError, match="quota"):
         merge_candidates(main, emerging, total=3, quota=4)
+
+
+def test_a_batch_from_parts_replays_like_one_from_features_and_linucb_never_builds_them() -> None:
+    rng = np.random.default_rng(4)
+    n, k, d, c = 40, 6, 5, 2
+    queries, items, context = rng.normal(size=(n, d)), rng.normal(size=(n, k, d)), rng.random((n, c))
+    valid, emerging = np.ones((n, k), bool), rng.random((n, k)) < 0.3
+    valid[3, 4:] = False
+    served = np.tile(np.arange(3), (n, 1))
+    policy = LinUCB(feature_dim(d, c), alpha=0.7, arm_buckets=16)
+    X = build_features_batch(queries, items, context)
+    policy.update(X[:, :2].reshape(-1, X.shape[2]), rng.random(2 * n))
+    ids = np.array([[f"i{i}-{j}" for j in range(k)] for i in range(n)], dtype=object)
+    lazy = CandidateBatch.from_parts(queries, items, context, valid, emerging, ids, ids)
+    eager = CandidateBatch(X, valid, emerging, ids, ids)
+    np.testing.assert_allclose(
+        policy.replay_distributions(lazy, served), policy.replay_distributions(eager, served), atol=1e-12
+    )
+    assert "features" not in vars(lazy) and lazy.feature_dim == X.shape[2]
+    part = lazy.take(slice(5, 9))
+    assert "features" not in vars(part) and len(part) == 4
+    np.testing.assert_array_equal(part.features, X[5:9])  # built on first use
+    with pytest.raises(ValueError, match="valid must be n-by-K"):
+        CandidateBatch.from_parts(queries, items, context, valid[:, :3], emerging)
+    with pytest.raises(ValueError, match="parts"):
+        CandidateBatch.from_parts(queries[:3], items, context, valid, emerging)
