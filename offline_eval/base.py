@@ -28,6 +28,10 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 
+class LogError(ValueError):
+    """A log file is unreadable or malformed; the message names the file, the column and the first bad row."""
+
+
 @dataclass(frozen=True)
 class SlateData:
     """Logged slates with a target policy's probabilities, padded to S slots.

@@ -45,7 +45,7 @@ class ReadBatches(beam.DoFn):
     def process(self, element: tuple[int, str]) -> Iterator[ExternalBatch]:
         """Read one file."""
         number, path = element
-        yield from read_file(Path(path), number, self.batch_size, self.slots)
+        yield from read_file(path, number, self.batch_size, self.slots)
 
 
 class RidgeCombineFn(beam.CombineFn):
@@ -120,7 +120,7 @@ def _score(batch: ExternalBatch, theta: list[list[float]] | None, seed: int) -> 
 
 
 def evaluation_transform(
-    files: Sequence[Path],
+    files: Sequence[str | Path],
     estimators: Sequence[str] = ("ips", "snips", "dr"),
     batch_size: int = 1 << 20,
     bootstrap: int = 0,
@@ -131,20 +131,18 @@ def evaluation_transform(
     reward_range: tuple[float, float] | None = None,
 ) -> beam.PTransform:
     """A transform from the pipeline's root to a one-element PCollection holding the :class:`Evaluation`."""
-    files = [Path(f) for f in files]
-    slots = count_slots(files)
+    names = [str(f) for f in files]
+    slots = count_slots(names)
     chosen = create_estimators(list(estimators))
     dim = None
     if any(e.uses_model for e in chosen):
-        first = next(read_file(files[0], 0, 1, slots), None)
+        first = next(read_file(names[0], 0, 1, slots), None)
         dim = (first.data.logged_features.shape[2] if first is not None else 0) + slots
 
     @beam.ptransform_fn
     def expand(root: beam.pvalue.PBegin) -> beam.PCollection:
         batches = (
-            root
-            | "Files" >> beam.Create([(i, str(f)) for i, f in enumerate(files)])
-            | "Read" >> beam.ParDo(ReadBatches(batch_size, slots))
+            root | "Files" >> beam.Create(list(enumerate(names))) | "Read" >> beam.ParDo(ReadBatches(batch_size, slots))
         )
         if dim is None:
             scored = batches | "Score" >> beam.Map(_score, None, seed)
@@ -167,7 +165,11 @@ def to_json(evaluation: Evaluation) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the evaluation pipeline; unknown arguments are Beam pipeline options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--logs", required=True, help="external log file or directory (.parquet/.csv)")
+    parser.add_argument(
+        "--logs",
+        required=True,
+        help="external log file or directory (.parquet/.csv): a local path or a gs://, s3://, hdfs:// or file:// URI",
+    )
     parser.add_argument("--out", required=True, help="where to write the JSON result (any Beam filesystem)")
     parser.add_argument(
         "--estimators", default="ips,snips,dr", help="comma-separated estimators (default ips,snips,dr)"
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=0, help="Poisson bootstrap replicates (default 0: normal)")
     parser.add_argument("--seed", type=int, default=0, help="folds and bootstrap seed (default 0)")
     args, beam_args = parser.parse_known_args(argv)
-    files = log_files(Path(args.logs))
+    files = log_files(args.logs)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         _ = (

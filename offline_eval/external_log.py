@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from offline_eval.base import SlateData
-from offline_eval.logs import LogError
+from offline_eval.base import LogError, SlateData
+from offline_eval.storage import list_files, open_file, open_stream
 
 REQUIRED = ("action", "reward", "propensity")
 OPTIONAL = ("target_propensity", "round", "position", "candidates")
@@ -68,21 +68,18 @@ class ExternalBatch:
     key: int
 
 
-def log_files(path: Path | Sequence[Path]) -> list[Path]:
-    """The ``.parquet``/``.csv`` files of a file, a directory (recursively) or a list of them, sorted."""
-    if not isinstance(path, Path):
+def log_files(path: str | Path | Sequence[str | Path]) -> list[str]:
+    """The ``.parquet``/``.csv`` files of a file, a directory (recursively) or a list of them, sorted.
+
+    Each location is a local path or a URI (``gs://``, ``s3://``, ``hdfs://``, ``file://``; see
+    :mod:`offline_eval.storage`).
+    """
+    if not isinstance(path, str | Path):
         return [f for p in path for f in log_files(p)]
-    if not path.exists():
-        raise LogError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    files = sorted([*path.rglob("*.parquet"), *path.rglob("*.csv")])
-    if not files:
-        raise LogError(f"{path}: no .parquet or .csv files")
-    return files
+    return list_files(path, (".parquet", ".csv"))
 
 
-def count_slots(files: list[Path]) -> int:
+def count_slots(files: list[str]) -> int:
     """The longest slate (largest position + 1) in ``files``, from Parquet statistics where available."""
     slots = 1
     for file in files:
@@ -90,8 +87,9 @@ def count_slots(files: list[Path]) -> int:
         if "position" not in names:
             continue
         top = None
-        if file.suffix == ".parquet":
-            meta = pq.ParquetFile(file).metadata
+        if not _is_csv(file):
+            with open_file(file) as handle:
+                meta = pq.ParquetFile(handle).metadata
             col = names.index("position")
             stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)]
             if all(s is not None and s.has_min_max for s in stats):
@@ -103,14 +101,14 @@ def count_slots(files: list[Path]) -> int:
 
 
 def read_external(
-    path: Path | Sequence[Path], batch_size: int = 1 << 20, slots: int | None = None
+    path: str | Path | Sequence[str | Path], batch_size: int = 1 << 20, slots: int | None = None
 ) -> Iterator[ExternalBatch]:
     """Stream the rounds of external bandit logs, ``batch_size`` rows at a time (memory bounded by it).
 
     Parameters
     ----------
     path
-        A file, a directory of ``.parquet``/``.csv`` files, or a list of them.
+        A file, a directory of ``.parquet``/``.csv`` files, or a list of them (local paths or URIs).
     batch_size
         Rows read per batch.
     slots
@@ -127,7 +125,7 @@ def read_external(
 
 
 def read_file(
-    file: Path, number: int, batch_size: int, slots: int, features: list[str] | None = None
+    file: str, number: int, batch_size: int, slots: int, features: list[str] | None = None
 ) -> Iterator[ExternalBatch]:
     """The batches of one file (its ``number`` among the files read); ``features`` are the expected context columns."""
     key, first_round = number << 32, number << 40
@@ -163,30 +161,36 @@ def read_file(
         key += 1
 
 
-def _columns(file: Path) -> list[str]:
+def _is_csv(file: str) -> bool:
+    return file.endswith(".csv")
+
+
+def _columns(file: str) -> list[str]:
     try:
-        if file.suffix == ".csv":
-            with pcsv.open_csv(file) as reader:
+        if _is_csv(file):
+            with open_stream(file) as stream, pcsv.open_csv(stream) as reader:
                 return list(reader.schema.names)
-        return list(pq.ParquetFile(file).schema_arrow.names)
+        with open_file(file) as handle:
+            return list(pq.ParquetFile(handle).schema_arrow.names)
     except (OSError, pa.ArrowException) as exc:
         raise LogError(f"{file}: cannot read: {exc}") from exc
 
 
-def _batches(file: Path, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+def _batches(file: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
     try:
-        if file.suffix == ".csv":
+        if _is_csv(file):
             convert = pcsv.ConvertOptions(include_columns=columns)
             read = pcsv.ReadOptions(block_size=max(1 << 16, batch_size * 64))
-            with pcsv.open_csv(file, read_options=read, convert_options=convert) as reader:
-                yield from reader
+            with open_stream(file) as stream, pcsv.open_csv(stream, read_options=read, convert_options=convert) as r:
+                yield from r
         else:
-            yield from pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=columns)
+            with open_file(file) as handle:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise LogError(f"{file}: cannot read: {exc}") from exc
 
 
-def _validate(file: Path, batch: pa.RecordBatch, offset: int) -> dict[str, np.ndarray]:
+def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.ndarray]:
     """Columns of a batch as numpy arrays; the first bad value raises ``LogError`` with file, column and row."""
     cols: dict[str, np.ndarray] = {}
     for name in batch.schema.names:
@@ -209,7 +213,7 @@ def _validate(file: Path, batch: pa.RecordBatch, offset: int) -> dict[str, np.nd
     return cols
 
 
-def _bad(file: Path, column: str, offset: int, bad: np.ndarray, problem: str, values: np.ndarray | None = None) -> None:
+def _bad(file: str, column: str, offset: int, bad: np.ndarray, problem: str, values: np.ndarray | None = None) -> None:
     if bad.any():
         row = int(np.argmax(bad))
         shown = "" if values is None else f" ({values[row]!r})"
@@ -225,7 +229,7 @@ def _split_last_round(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
     return {c: v[:start] for c, v in cols.items()}, {c: v[start:] for c, v in cols.items()}
 
 
-def _pivot(file: Path, cols: dict[str, np.ndarray], features: list[str], slots: int) -> SlateData:
+def _pivot(file: str, cols: dict[str, np.ndarray], features: list[str], slots: int) -> SlateData:
     """Rows to rounds: n-by-S arrays (positions must be 0, 1, ... within a round)."""
     rows = len(cols["reward"])
     if "round" not in cols and "position" not in cols:  # one action per round: no pivot needed

@@ -48,6 +48,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from offline_eval.base import LogError
+from offline_eval.storage import list_files, open_file
+
 _STR_LIST = pa.list_(pa.string())
 _F64_LIST = pa.list_(pa.float64())
 _TIME = pa.timestamp("ms", tz="UTC")
@@ -104,10 +107,6 @@ SCHEMA = pa.schema(
 )
 
 
-class LogError(ValueError):
-    """A log file is unreadable or malformed; the message names the file, the column and the first bad row."""
-
-
 def records_to_table(records: Sequence[dict[str, Any]]) -> pa.Table:
     """Joined records (dicts with the schema's keys; times as epoch milliseconds) to an Arrow table."""
     table = pa.Table.from_pylist(list(records), schema=SCHEMA)
@@ -135,17 +134,17 @@ class DecisionLog:
         return DecisionLog({k: [v[i] for i in idx] for k, v in self.columns.items()})
 
 
-def read_logs(path: Path) -> DecisionLog:
-    """Read a Parquet file or a directory of them and validate it; problems raise ``LogError``."""
-    if not path.exists():
-        raise LogError(f"{path}: no such file or directory")
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise LogError(f"{path}: no .parquet files")
+def read_logs(path: str | Path) -> DecisionLog:
+    """Read a Parquet file or a directory of them and validate it; problems raise ``LogError``.
+
+    ``path`` is a local path or a URI (``gs://``, ``s3://``, ``hdfs://``, ``file://``; see
+    :mod:`offline_eval.storage`).
+    """
     tables = []
-    for file in files:
+    for file in list_files(path, (".parquet",)):
         try:
-            table = pq.read_table(file)
+            with open_file(file) as handle:
+                table = pq.read_table(handle)
         except (OSError, pa.ArrowException) as exc:
             raise LogError(f"{file}: cannot read Parquet: {exc}") from exc
         raw_version = (table.schema.metadata or {}).get(b"scout.schema_version")
@@ -164,7 +163,7 @@ def read_logs(path: Path) -> DecisionLog:
     return DecisionLog({name: table.column(name).to_pylist() for name in SCHEMA.names})
 
 
-def _validate(file: Path, table: pa.Table) -> None:
+def _validate(file: str, table: pa.Table) -> None:
     props, rewards, items = (table.column(c).to_pylist() for c in ("propensities", "rewards", "item_ids"))
     for row, (p, r, i) in enumerate(zip(props, rewards, items, strict=True)):
         if p is None or r is None or i is None or not len(p) == len(r) == len(i):

@@ -44,7 +44,7 @@ def predictions(theta: np.ndarray, batch: ExternalBatch, seed: int) -> RewardPre
 
 
 def evaluate_external(
-    path: Path | Sequence[Path],
+    path: str | Path | Sequence[str | Path],
     estimators: tuple[Estimator, ...] | None = None,
     batch_size: int = 1 << 20,
     bootstrap: int = 0,

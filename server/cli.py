@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--catalog", type=Path, required=True, help="catalog Parquet file")
     train.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--logs", type=Path, help="exported Scout logs (Parquet file or directory)")
+    source.add_argument("--logs", help="exported Scout logs: Parquet file or directory, a path or a gs://, s3:// URI")
     source.add_argument(
         "--synthetic-seed", type=int, help="the --seed `scout world` made --catalog with: pairs from its users"
     )
@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot files, a served variant's (or shadow's) current snapshot fetched from Redis by name, fresh "
         "policies by type, or a TOML file.",
     )
-    evaluate.add_argument("--logs", type=Path, required=True, help="Parquet log file or directory")
+    evaluate.add_argument(
+        "--logs", required=True, help="Parquet log file or directory: a local path or a gs://, s3://, hdfs:// URI"
+    )
     evaluate.add_argument("--index", type=Path, required=True, help="the index artifact the logs were made with")
     evaluate.add_argument(
         "--snapshot",
