@@ -129,17 +129,15 @@ def bench_learning(dim: int, decisions: int, slots: int, rng: np.random.Generato
 
 
 def bench_replay(dim: int, decisions: int, k: int, slots: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    features = build_features_batch(
-        rng.normal(size=(decisions, dim)),
-        rng.normal(size=(decisions, k, dim)) / np.sqrt(dim),
-        rng.random((decisions, 2)),
-    )
-    batch = CandidateBatch(features, np.ones((decisions, k), bool), rng.random((decisions, k)) < 0.06)
+    queries, items = rng.normal(size=(decisions, dim)), rng.normal(size=(decisions, k, dim)) / np.sqrt(dim)
+    context, emerging = rng.random((decisions, 2)), rng.random((decisions, k)) < 0.06
     served = np.stack([rng.permutation(k)[:slots] for _ in range(decisions)])
     out = {}
     for label in ("linucb", "thompson"):
         name, params = POLICY_CASES[label]
         policy = trained(name, params, dim, rng)
+        # From the parts, as replay builds it: LinUCB scores from them, Thompson builds the features (timed).
+        batch = CandidateBatch.from_parts(queries, items, context, np.ones((decisions, k), bool), emerging)
         start = time.perf_counter()
         policy.replay_distributions(batch, served)  # type: ignore[attr-defined]
         elapsed = time.perf_counter() - start

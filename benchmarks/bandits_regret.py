@@ -38,7 +38,7 @@ from embeddings.encoder import EncoderConfig  # noqa: E402
 from offline_eval.world import CONTEXT_KEYS, SyntheticWorld, item_index, position_bias, world_preset  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-ARMS = {"arm_buckets": 65536}
+ARMS = {"arm_buckets": 65536, "arm_l2": 20.0}
 
 POLICIES: dict[str, tuple[str, dict]] = {
     "uniform": ("epsilon_greedy", {"epsilon": 1.0}),

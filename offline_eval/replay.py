@@ -215,7 +215,8 @@ class RebuiltBatch:
             logged_x = features[rows, col] * mask[:, :, None]
             target_x = np.einsum("nsk,nkf->nsf", dists, features)
         else:
-            logged_x = build_features_batch(parts.query, parts.items[rows, col], parts.context) * mask[:, :, None]
+            logged_x = build_features_batch(parts.query, parts.items[rows, col], parts.context)
+            logged_x *= mask[:, :, None]
             target_x = build_features_batch(parts.query, dists @ parts.items, parts.context)
             target_x[:, :, -1] = dists.sum(axis=2)
         return SlateData(self.propensities, target_p, self.rewards, mask, logged_x, target_x)
