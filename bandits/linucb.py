@@ -45,13 +45,14 @@ class LinUCB(LinearPolicy):
         self.alpha = float(alpha)
 
     def linear_table(self, features: np.ndarray, arms: Arms, parts: FeatureParts | None = None) -> np.ndarray:
-        """Upper confidence bound of each candidate's relevance; from ``parts`` when given (one decision)."""
-        if parts is not None and features.ndim == 2:
-            return self.parts_table(parts, arms)
+        """Upper confidence bound of each candidate's relevance; the width from ``parts`` when given."""
         mean = self.mean(features, arms)
         if not self.alpha:
             return mean
-        variance = ((features @ self.model.A_inv) * features).sum(axis=-1)
+        if parts is not None and features.ndim == 2:
+            variance = self._parts_variance(parts)
+        else:
+            variance = ((features @ self.model.A_inv) * features).sum(axis=-1)
         return self._bound(mean, variance, arms)
 
     def parts_table(self, parts: FeatureParts, arms: Arms) -> np.ndarray:
@@ -79,20 +80,19 @@ class LinUCB(LinearPolicy):
         q = np.asarray(parts.query, dtype=np.float64)
         V = np.asarray(parts.items, dtype=np.float64)
         c = np.asarray(parts.context, dtype=np.float64)
-        single = q.ndim == 1
-        if single:
-            q, V, c = q[None], V[None], c[None]
-        n, _, d = V.shape
-        s = np.concatenate([np.ones((n, 1)), c], axis=1)
+        lead, d = q.shape[:-1], q.shape[-1]
+        s = np.empty((*lead, 1 + c.shape[-1]))
+        s[..., 0], s[..., 1:] = 1.0, c
         if self._blocks is None:
-            self._blocks = _variance_blocks(self.model.A_inv, s.shape[1], d)
-        G00, P, R, g_q, g_s, g0 = self._blocks
-        # M transposed (R and G_00 are symmetric), so that V @ M^T is one contiguous batched product.
-        MT = ((s[:, :, None] * s[:, None, :]).reshape(n, -1) @ R).reshape(n, d, d)
-        MT += (s @ P).reshape(n, d, d).transpose(0, 2, 1) * (2.0 * q)[:, None, :]
-        MT += G00 * (q[:, :, None] * q[:, None, :])
-        variance = np.einsum("nki,nki->nk", V @ MT, V) + 2.0 * np.einsum("nkd,nd->nk", V, q * g_q + s @ g_s) + g0
-        return np.asarray(variance[0] if single else variance, dtype=np.float64)
+            self._blocks = _variance_blocks(self.model.A_inv, s.shape[-1], d)
+        G00, PT, R, g_q, g_s, g0 = self._blocks
+        # M transposed (R and G_00 are symmetric), so that V @ M^T is one contiguous (batched) product.
+        MT = ((s[..., :, None] * s[..., None, :]).reshape(*lead, -1) @ R).reshape(*lead, d, d)
+        MT += (s @ PT).reshape(*lead, d, d) * (2.0 * q)[..., None, :]
+        MT += G00 * (q[..., :, None] * q[..., None, :])
+        quad = np.einsum("...ki,...ki->...k", V @ MT, V)
+        linear = np.einsum("...kd,...d->...k", V, q * g_q + s @ g_s)
+        return np.asarray(quad + 2.0 * linear + g0, dtype=np.float64)
 
     def _changed(self) -> None:
         self._blocks = None
@@ -108,10 +108,10 @@ class LinUCB(LinearPolicy):
 def _variance_blocks(
     G: np.ndarray, scalars: int, d: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """``G_00``, the ``G_0b`` and ``G_bc`` of the scalar blocks flattened for matrix products, and the bias blocks."""
+    """``G_00``, the ``G_b0 = G_0b^T`` and ``G_bc`` of the scalar blocks flattened for products, the bias blocks."""
     blocks = 1 + scalars
     G4 = G[: blocks * d, : blocks * d].reshape(blocks, d, blocks, d).transpose(0, 2, 1, 3)
-    P = np.ascontiguousarray(G4[0, 1:].reshape(scalars, d * d))
+    PT = np.ascontiguousarray(G4[1:, 0].reshape(scalars, d * d))
     R = np.ascontiguousarray(G4[1:, 1:].reshape(scalars * scalars, d * d))
     g = G[: blocks * d, -1].reshape(blocks, d)
-    return np.ascontiguousarray(G4[0, 0]), P, R, g[0].copy(), np.ascontiguousarray(g[1:]), float(G[-1, -1])
+    return np.ascontiguousarray(G4[0, 0]), PT, R, g[0].copy(), np.ascontiguousarray(g[1:]), float(G[-1, -1])
