@@ -209,7 +209,7 @@ def main() -> None:
         if label != "oracle":
             row["regret"] = best - row["cumulative"]
     out = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "note": "2 cores shared by 5 jobs"},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "args": vars(args),
         "policies": results,
         "tradeoff": tradeoff,
