@@ -27,12 +27,53 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from bandits.features import build_features_batch
+
 
 class LogError(ValueError):
     """A log file is unreadable or malformed; the message names the file, the column and the first bad row."""
 
 
 @dataclass(frozen=True)
+class SlateFeatureParts:
+    """The reward model's features of n logged slates in factored form (Scout's layout, :mod:`bandits.features`).
+
+    Features are linear in the item vector but for their bias column, so the logged item's features and the
+    target's expected features at a slot both follow from the query, the context and one d-dimensional vector per
+    slot: the logged item's, and the target's expectation ``sum_k p_k v_k`` with the bias ``sum_k p_k``.
+
+    Parameters
+    ----------
+    query
+        n-by-d query vectors.
+    context
+        n-by-C context values.
+    logged_items
+        n-by-S-by-d vectors of the logged items (anything finite on unserved slots).
+    target_items
+        n-by-S-by-d expected item vectors under the target (zero on unserved slots).
+    target_mass
+        n-by-S total target probability behind ``target_items`` (the bias column; zero on unserved slots).
+    """
+
+    query: np.ndarray
+    context: np.ndarray
+    logged_items: np.ndarray
+    target_items: np.ndarray
+    target_mass: np.ndarray
+
+    def take(self, rows: np.ndarray | slice) -> SlateFeatureParts:
+        """The decisions at ``rows``."""
+        return SlateFeatureParts(
+            self.query[rows],
+            self.context[rows],
+            self.logged_items[rows],
+            self.target_items[rows],
+            self.target_mass[rows],
+        )
+
+
+@dataclass(frozen=True, init=False)
 class SlateData:
     """Logged slates with a target policy's probabilities, padded to S slots.
 
@@ -46,39 +87,68 @@ class SlateData:
     mask
         n-by-S booleans: the slot was served. Served slots come first in every row.
     logged_features
-        n-by-S-by-F features of the logged items (for reward models).
+        n-by-S-by-F features of the logged items (for reward models); None when ``parts`` are given, which build
+        them when first read (the estimators that use no reward model never do; the cross-fitted model builds
+        them a chunk at a time).
     target_features
-        n-by-S-by-F expected features of slot k's item under the target, given the logged prefix.
+        n-by-S-by-F expected features of slot k's item under the target, given the logged prefix; None likewise.
     reward_range
         Bounds of one slot's reward (for flagging impossible estimates); defaults to the observed range.
+    parts
+        The features in factored form (:class:`SlateFeatureParts`), instead of the two arrays above.
     """
 
     logged_propensity: np.ndarray
     target_propensity: np.ndarray
     reward: np.ndarray
     mask: np.ndarray
-    logged_features: np.ndarray
-    target_features: np.ndarray
-    reward_range: tuple[float, float] | None = None
+    reward_range: tuple[float, float] | None
+    parts: SlateFeatureParts | None
 
-    def __post_init__(self) -> None:
-        mask = np.asarray(self.mask, dtype=bool)
+    def __init__(
+        self,
+        logged_propensity: np.ndarray,
+        target_propensity: np.ndarray,
+        reward: np.ndarray,
+        mask: np.ndarray,
+        logged_features: np.ndarray | None,
+        target_features: np.ndarray | None,
+        reward_range: tuple[float, float] | None = None,
+        parts: SlateFeatureParts | None = None,
+    ) -> None:
+        mask = np.asarray(mask, dtype=bool)
         shape = mask.shape
         if len(shape) != 2:
             raise ValueError(f"mask must be n-by-S, got shape {shape}")
         object.__setattr__(self, "mask", mask)
-        for name in ("logged_propensity", "target_propensity", "reward"):
-            value = np.asarray(getattr(self, name), dtype=np.float64)
+        object.__setattr__(self, "reward_range", reward_range)
+        object.__setattr__(self, "parts", parts)
+        given = {"logged_propensity": logged_propensity, "target_propensity": target_propensity, "reward": reward}
+        for name, raw in given.items():
+            value = np.asarray(raw, dtype=np.float64)
             if value.shape != shape:
                 raise ValueError(f"{name} must have shape {shape} (n-by-S), got {value.shape}")
             object.__setattr__(self, name, value)
-        for name in ("logged_features", "target_features"):
-            value = np.asarray(getattr(self, name), dtype=np.float64)
-            if value.ndim != 3 or value.shape[:2] != shape:
-                raise ValueError(f"{name} must be n-by-S-by-F with n-by-S = {shape}, got {value.shape}")
-            object.__setattr__(self, name, value)
-        if self.logged_features.shape[2] != self.target_features.shape[2]:
-            raise ValueError("logged_features and target_features must have the same number of feature columns F")
+        if logged_features is None or target_features is None:
+            if parts is None:
+                raise ValueError("give logged_features and target_features, or the parts to build them from")
+            n, s = shape
+            d = np.shape(parts.query)[-1]
+            if (
+                np.shape(parts.query) != (n, d)
+                or np.shape(parts.context)[:1] != (n,)
+                or np.shape(parts.logged_items) != (n, s, d)
+                or np.shape(parts.target_items) != (n, s, d)
+                or np.shape(parts.target_mass) != (n, s)
+            ):
+                raise ValueError(
+                    f"parts do not fit n-by-S = {shape} slates: {[np.shape(a) for a in vars(parts).values()]}"
+                )
+        else:
+            self.__dict__["logged_features"] = self._checked("logged_features", logged_features)
+            self.__dict__["target_features"] = self._checked("target_features", target_features)
+            if self.logged_features.shape[2] != self.target_features.shape[2]:
+                raise ValueError("logged_features and target_features must have the same number of feature columns F")
         served = self.logged_propensity[mask]
         if ((served <= 0) | (served > 1) | ~np.isfinite(served)).any():
             raise ValueError("logged_propensity must be in (0, 1] on served slots")
@@ -91,6 +161,35 @@ class SlateData:
             raise ValueError("mask must serve a prefix of the slots in every row (no gaps)")
         if self.reward_range is not None and not self.reward_range[0] <= self.reward_range[1]:
             raise ValueError(f"reward_range must be (low, high) with low <= high, got {self.reward_range}")
+
+    def _checked(self, name: str, features: np.ndarray) -> np.ndarray:
+        value = np.asarray(features, dtype=np.float64)
+        if value.ndim != 3 or value.shape[:2] != self.mask.shape:
+            raise ValueError(f"{name} must be n-by-S-by-F with n-by-S = {self.mask.shape}, got {value.shape}")
+        return value
+
+    @functools.cached_property
+    def logged_features(self) -> np.ndarray:
+        """The n-by-S-by-F features of the logged items (zero on unserved slots)."""
+        assert self.parts is not None
+        p = self.parts
+        out = build_features_batch(p.query, p.logged_items, p.context)
+        out *= self.mask[:, :, None]
+        return self._checked("logged_features", out)
+
+    @functools.cached_property
+    def target_features(self) -> np.ndarray:
+        """The n-by-S-by-F expected features under the target (zero on unserved slots)."""
+        assert self.parts is not None
+        p = self.parts
+        out = build_features_batch(p.query, p.target_items, p.context)
+        out[:, :, -1] = p.target_mass
+        return self._checked("target_features", out)
+
+    @property
+    def features_built(self) -> bool:
+        """Whether the feature arrays exist (given, or built from the parts)."""
+        return "logged_features" in self.__dict__ and "target_features" in self.__dict__
 
     @property
     def n(self) -> int:
@@ -154,16 +253,18 @@ class SlateData:
         served = self.reward[self.mask]
         return (float(served.min()), float(served.max())) if served.size else (0.0, 0.0)
 
-    def take(self, rows: np.ndarray) -> SlateData:
-        """The decisions at ``rows`` (indices or a boolean mask)."""
+    def take(self, rows: np.ndarray | slice) -> SlateData:
+        """The decisions at ``rows`` (indices, a boolean mask or a slice; features stay unbuilt if they are)."""
+        lazy = self.parts is not None and not self.features_built
         return SlateData(
             self.logged_propensity[rows],
             self.target_propensity[rows],
             self.reward[rows],
             self.mask[rows],
-            self.logged_features[rows],
-            self.target_features[rows],
+            None if lazy else self.logged_features[rows],
+            None if lazy else self.target_features[rows],
             self.reward_range if self.reward_range is not None else self.observed_reward_range(),
+            self.parts.take(rows) if lazy and self.parts is not None else None,
         )
 
 

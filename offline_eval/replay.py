@@ -22,9 +22,9 @@ from threadpoolctl import threadpool_limits
 
 from bandits.base import CandidateBatch, Candidates, Policy
 from bandits.emerging import EmergingRule
-from bandits.features import build_features, build_features_batch
+from bandits.features import build_features
 from embeddings.index import IndexArtifact
-from offline_eval.base import SlateData
+from offline_eval.base import SlateData, SlateFeatureParts
 from offline_eval.emerging_metrics import CandidateInfo
 from offline_eval.logs import SCHEMA, DecisionLog, LogError
 
@@ -200,9 +200,9 @@ class RebuiltBatch:
     def slate_data(self, dists: np.ndarray) -> SlateData:
         """SlateData from the target's n-by-S-by-K slot distributions.
 
-        The reward model's features of the logged items, and the target's expected features per slot, come from
-        the parts when the batch has them: features are linear in the item vector but for the bias column, so the
-        expectation is the features of ``sum_k p_k v_k`` with the bias set to ``sum_k p_k``.
+        When the batch has feature parts, so does the SlateData (:class:`~offline_eval.base.SlateFeatureParts`:
+        the logged item vectors and the target's expected ones), and the n-by-S-by-F features are built only by
+        what reads them.
         """
         mask = self.served >= 0
         n, s = mask.shape
@@ -214,12 +214,11 @@ class RebuiltBatch:
             features = self.candidates.features
             logged_x = features[rows, col] * mask[:, :, None]
             target_x = np.einsum("nsk,nkf->nsf", dists, features)
-        else:
-            logged_x = build_features_batch(parts.query, parts.items[rows, col], parts.context)
-            logged_x *= mask[:, :, None]
-            target_x = build_features_batch(parts.query, dists @ parts.items, parts.context)
-            target_x[:, :, -1] = dists.sum(axis=2)
-        return SlateData(self.propensities, target_p, self.rewards, mask, logged_x, target_x)
+            return SlateData(self.propensities, target_p, self.rewards, mask, logged_x, target_x)
+        factored = SlateFeatureParts(
+            parts.query, parts.context, parts.items[rows, col], dists @ parts.items, dists.sum(axis=2)
+        )
+        return SlateData(self.propensities, target_p, self.rewards, mask, None, None, parts=factored)
 
 
 def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int = 0) -> RebuiltBatch:
@@ -273,7 +272,10 @@ def queries(index: IndexArtifact, seed_pos: np.ndarray, seed_len: np.ndarray) ->
     n = len(seed_len)
     vectors = index.vectors
     sums = np.zeros((n, vectors.shape[1]))
-    np.add.at(sums, np.repeat(np.arange(n), seed_len), vectors[seed_pos].astype(np.float64))
+    filled = seed_len > 0
+    if filled.any():  # in order, row by row, as np.add.at would (same float64 sums)
+        starts = (np.cumsum(seed_len) - seed_len)[filled]
+        sums[filled] = np.add.reduceat(vectors[seed_pos].astype(np.float64), starts, axis=0)
     means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
     if (seed_len == 0).any():
         means[seed_len == 0] = index.query(np.zeros(0, dtype=np.int64))
@@ -294,7 +296,7 @@ def context_matrix(table: pa.Table | pa.RecordBatch, offset: int = 0) -> np.ndar
 
 
 def concat(parts: list[SlateData]) -> SlateData:
-    """One SlateData from several, padded to the most slots (features to the same F)."""
+    """One SlateData from several, padded to the most slots (features, or their parts, to the same F)."""
     s = max(p.slots for p in parts)
 
     def pad(a: np.ndarray, fill: float) -> np.ndarray:
@@ -303,11 +305,24 @@ def concat(parts: list[SlateData]) -> SlateData:
         width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
         return np.pad(a, width, constant_values=fill)
 
-    return SlateData(
+    head = (
         np.concatenate([pad(p.logged_propensity, 1.0) for p in parts]),
         np.concatenate([pad(p.target_propensity, 0.0) for p in parts]),
         np.concatenate([pad(p.reward, 0.0) for p in parts]),
         np.concatenate([pad(p.mask, False) for p in parts]),
+    )
+    factored = [p.parts for p in parts if p.parts is not None and not p.features_built]
+    if len(factored) == len(parts):
+        joined = SlateFeatureParts(
+            np.concatenate([f.query for f in factored]),
+            np.concatenate([f.context for f in factored]),
+            np.concatenate([pad(f.logged_items, 0.0) for f in factored]),
+            np.concatenate([pad(f.target_items, 0.0) for f in factored]),
+            np.concatenate([pad(f.target_mass, 0.0) for f in factored]),
+        )
+        return SlateData(*head, None, None, parts=joined)
+    return SlateData(
+        *head,
         np.concatenate([pad(p.logged_features, 0.0) for p in parts]),
         np.concatenate([pad(p.target_features, 0.0) for p in parts]),
     )

@@ -14,6 +14,9 @@ import numpy as np
 
 from offline_eval.base import RewardModelFactory, RewardPredictions, SlateData
 
+#: Decisions whose design matrices the ridge model builds at once.
+CHUNK = 2048
+
 
 def fold_of(rows: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold of each row number: a splitmix64 hash of (row, seed) modulo ``folds``."""
@@ -107,16 +110,26 @@ def cross_fit(
         raise ValueError(f"folds must be at least 2, got {folds}")
     n, s = data.mask.shape
     fold = fold_of(np.arange(n) if rows is None else rows, folds, seed)
-    logged, target = design(data.logged_features), design(data.target_features)
     q_logged, q_target = np.zeros((n, s)), np.zeros((n, s))
     if model is None:
-        stats = RidgeStatistics(logged.shape[2], folds, l2)
-        flat_fold = np.broadcast_to(fold[:, None], (n, s))[data.mask]
-        stats.add(logged[data.mask], data.reward[data.mask], flat_fold)
+        # A chunk at a time, so that data holding feature parts never builds all n-by-S-by-F features at once.
+        chunks = [slice(start, start + CHUNK) for start in range(0, n, CHUNK)]
+        stats: RidgeStatistics | None = None
+        for rows_ in chunks:
+            part = data.take(rows_)
+            logged = design(part.logged_features)
+            stats = stats or RidgeStatistics(logged.shape[2], folds, l2)
+            flat_fold = np.broadcast_to(fold[rows_, None], part.mask.shape)[part.mask]
+            stats.add(logged[part.mask], part.reward[part.mask], flat_fold)
+        if stats is None:
+            return RewardPredictions(q_logged, q_target)
         theta = stats.coefficients()
-        q_logged = np.einsum("nsf,nf->ns", logged, theta[fold])
-        q_target = np.einsum("nsf,nf->ns", target, theta[fold])
+        for rows_ in chunks:
+            part = data.take(rows_)
+            q_logged[rows_] = np.einsum("nsf,nf->ns", design(part.logged_features), theta[fold[rows_]])
+            q_target[rows_] = np.einsum("nsf,nf->ns", design(part.target_features), theta[fold[rows_]])
     else:
+        logged, target = design(data.logged_features), design(data.target_features)
         for f in range(folds):
             train = (fold != f)[:, None] & data.mask
             fitted = model()

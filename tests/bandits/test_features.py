@@ -106,3 +106,20 @@ def test_a_batch_from_parts_replays_like_one_from_features_and_linucb_never_buil
         CandidateBatch.from_parts(queries, items, context, valid[:, :3], emerging)
     with pytest.raises(ValueError, match="parts"):
         CandidateBatch.from_parts(queries[:3], items, context, valid, emerging)
+
+
+@pytest.mark.parametrize("context", ["binary", "continuous"])
+def test_linucb_batch_width_from_parts_equals_the_full_width(context: str) -> None:
+    """The batched factored width (one M per decision) equals x^T A^-1 x on binary and on continuous contexts."""
+    rng = np.random.default_rng(5)
+    n, k, d = 300, 8, 6
+    queries, items = rng.normal(size=(n, d)), rng.normal(size=(n, k, d))
+    ctx = (rng.random((n, 2)) < 0.5).astype(float) if context == "binary" else rng.normal(size=(n, 2))
+    policy = LinUCB(feature_dim(d, 2), alpha=1.0)
+    X = build_features_batch(queries, items, ctx)
+    policy.update(X[:, :3].reshape(-1, X.shape[2]), rng.random(3 * n))
+    full = ((X @ policy.model.A_inv) * X).sum(axis=-1)
+    from_parts = policy._parts_variance(
+        CandidateBatch.from_parts(queries, items, ctx, np.ones((n, k), bool), np.zeros((n, k), bool)).parts
+    )
+    np.testing.assert_allclose(from_parts, full, rtol=1e-10)
