@@ -68,6 +68,11 @@ class FeatureParts:
     items: np.ndarray
     context: np.ndarray
 
+    @classmethod
+    def of(cls, query: np.ndarray, items: np.ndarray, context: np.ndarray) -> FeatureParts:
+        """The parts as float64 arrays."""
+        return cls(*(np.asarray(a, dtype=np.float64) for a in (query, items, context)))
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -129,11 +134,7 @@ class Candidates:
 
         Policies that can score from the parts (LinUCB's confidence width) then skip the F-by-F products.
         """
-        parts = FeatureParts(
-            np.asarray(query, dtype=np.float64),
-            np.asarray(items, dtype=np.float64),
-            np.asarray(context, dtype=np.float64),
-        )
+        parts = FeatureParts.of(query, items, context)
         return cls(build_features(query, items, context), emerging, item_ids, creator_ids, parts)
 
 
@@ -215,12 +216,7 @@ class CandidateBatch:
         creator_ids: np.ndarray | None = None,
     ) -> CandidateBatch:
         """Build a batch from its parts (n-by-d queries, n-by-K-by-d items, n-by-C context), features deferred."""
-        parts = FeatureParts(
-            np.asarray(queries, dtype=np.float64),
-            np.asarray(items, dtype=np.float64),
-            np.asarray(context, dtype=np.float64),
-        )
-        return cls(None, valid, emerging, item_ids, creator_ids, parts)
+        return cls(None, valid, emerging, item_ids, creator_ids, FeatureParts.of(queries, items, context))
 
     @cached_property
     def features(self) -> np.ndarray:

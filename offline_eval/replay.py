@@ -142,9 +142,7 @@ def replay_batches(
 
     def work(item: tuple[int, pa.Table | pa.RecordBatch]) -> Replayed:
         offset, rows = item
-        batch = rebuild(rows, index, offset)
-        dists = target.replay_distributions(batch.candidates, batch.served)
-        return Replayed(batch, dists, batch.slate_data(dists))
+        return _replay_rows(rows, index, target, offset)
 
     workers = (os.cpu_count() or 1) if threads is None else threads
     if workers < 1:
@@ -183,9 +181,13 @@ def replay_table(table: pa.Table | pa.RecordBatch, index: IndexArtifact, target:
     offset
         Row number of the batch's first row, for error messages.
     """
+    return _replay_rows(table, index, target, offset).data
+
+
+def _replay_rows(table: pa.Table | pa.RecordBatch, index: IndexArtifact, target: Policy, offset: int) -> Replayed:
     batch = rebuild(table, index, offset)
     dists = target.replay_distributions(batch.candidates, batch.served)
-    return batch.slate_data(dists)
+    return Replayed(batch, dists, batch.slate_data(dists))
 
 
 @dataclass(frozen=True)

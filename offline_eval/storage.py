@@ -49,22 +49,22 @@ def list_files(location: str | Path, suffixes: tuple[str, ...]) -> list[str]:
     if "://" not in text:
         return names
     scheme = text.split("://", 1)[0]
-    return [f"{scheme}://{name}" if scheme != "file" else f"file://{name}" for name in names]
+    return [f"{scheme}://{name}" for name in names]
 
 
 def open_file(location: str | Path) -> pa.NativeFile:
     """A random-access file (for Parquet); unreadable locations raise ``LogError``."""
-    fs, path = locate(location)
-    try:
-        return fs.open_input_file(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise LogError(f"{location}: cannot open: {exc}") from exc
+    return _open(location, random_access=True)
 
 
 def open_stream(location: str | Path) -> pa.NativeFile:
     """A sequential stream (for CSV); unreadable locations raise ``LogError``."""
+    return _open(location, random_access=False)
+
+
+def _open(location: str | Path, random_access: bool) -> pa.NativeFile:
     fs, path = locate(location)
     try:
-        return fs.open_input_stream(path)
+        return fs.open_input_file(path) if random_access else fs.open_input_stream(path)
     except (pa.ArrowException, OSError) as exc:
         raise LogError(f"{location}: cannot open: {exc}") from exc

@@ -107,3 +107,9 @@ def test_replayed_slates_carry_factored_features_that_build_to_the_same_estimate
     assert [e.value for e in plain.estimates] == [
         e.value for e in evaluate_data(eager, create_estimators(["ips", "snips"])).estimates
     ]
+
+
+def test_replay_refuses_a_thread_count_below_one(world: SyntheticWorld, index: IndexArtifact) -> None:
+    log = as_log(simulate(world, index, EpsilonGreedy(feature_dim(index.dim, len(CONTEXT_KEYS)), epsilon=1.0), 3, 91))
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        replay(log, index, EpsilonGreedy(feature_dim(index.dim, len(CONTEXT_KEYS))), threads=0)
