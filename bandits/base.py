@@ -70,8 +70,10 @@ class FeatureParts:
 
     @classmethod
     def of(cls, query: np.ndarray, items: np.ndarray, context: np.ndarray) -> FeatureParts:
-        """The parts as float64 arrays."""
-        return cls(*(np.asarray(a, dtype=np.float64) for a in (query, items, context)))
+        """The parts as float64 arrays; float32 items (index vectors) stay float32 and readers widen them exactly."""
+        v = np.asarray(items)
+        v = v if v.dtype in (np.float32, np.float64) else v.astype(np.float64)
+        return cls(np.asarray(query, dtype=np.float64), v, np.asarray(context, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -634,10 +636,12 @@ class Policy(ABC):
         s = served.shape[1]
         filled = served >= 0
         rows, slots = np.nonzero(filled)
-        placed = np.zeros((n, s, k), dtype=bool)
-        placed[rows, slots, served[rows, slots]] = True
-        before = np.cumsum(placed, axis=1) - placed
-        available = batch.valid[:, None, :] & (before == 0)
+        available = np.empty((n, s, k), dtype=bool)
+        left = batch.valid.copy()
+        for slot in range(s):  # what is left before each slot: S small steps, not a cumsum over n-by-S-by-K
+            available[:, slot] = left
+            placed = np.flatnonzero(filled[:, slot])
+            left[placed, served[placed, slot]] = False
         table = self._weighted(self.batch_table(batch), batch.emerging)
         em_served = np.zeros((n, s), dtype=np.int64)
         em_served[rows, slots] = batch.emerging[rows, served[rows, slots]]

@@ -78,18 +78,29 @@ class LinUCB(LinearPolicy):
         ``P`` and ``R`` are matrix products of ``s`` with the cached blocks; ``M`` is built once per decision.
         """
         q = np.asarray(parts.query, dtype=np.float64)
-        V = np.asarray(parts.items, dtype=np.float64)
+        V = np.asarray(parts.items)  # widened to float64 a chunk at a time, in cache
         c = np.asarray(parts.context, dtype=np.float64)
+        if q.ndim == 1:
+            return self._variance(q, V, c)
+        # a few dozen decisions at a time, so that their d-by-d products stay in cache
+        step = _VARIANCE_CHUNK
+        chunks = [self._variance(q[i : i + step], V[i : i + step], c[i : i + step]) for i in range(0, len(q), step)]
+        return np.concatenate(chunks) if chunks else np.zeros(V.shape[:-1])
+
+    def _variance(self, q: np.ndarray, V: np.ndarray, c: np.ndarray) -> np.ndarray:
+        V = np.asarray(V, dtype=np.float64)
         lead, d = q.shape[:-1], q.shape[-1]
         s = np.empty((*lead, 1 + c.shape[-1]))
         s[..., 0], s[..., 1:] = 1.0, c
         if self._blocks is None:
             self._blocks = _variance_blocks(self.model.A_inv, s.shape[-1], d)
-        G00, PT, R, g_q, g_s, g0 = self._blocks
-        # M transposed (R and G_00 are symmetric), so that V @ M^T is one contiguous (batched) product.
-        MT = ((s[..., :, None] * s[..., None, :]).reshape(*lead, -1) @ R).reshape(*lead, d, d)
-        MT += (s @ PT).reshape(*lead, d, d) * (2.0 * q)[..., None, :]
-        MT += G00 * (q[..., :, None] * q[..., None, :])
+        G00, PT2, R, g_q, g_s, g0 = self._blocks
+        # M transposed (R and G_00 are symmetric), M^T_ij = R_ij + q_j (2 P_ji + q_i G00_ij), so that V @ M^T is
+        # one contiguous (batched) product; built in place, a few passes over the n d-by-d matrices.
+        MT = G00 * q[..., :, None]
+        MT += (s @ PT2).reshape(*lead, d, d)
+        MT *= q[..., None, :]
+        MT += ((s[..., :, None] * s[..., None, :]).reshape(*lead, -1) @ R).reshape(*lead, d, d)
         quad = np.einsum("...ki,...ki->...k", V @ MT, V)
         linear = np.einsum("...kd,...d->...k", V, q * g_q + s @ g_s)
         return np.asarray(quad + 2.0 * linear + g0, dtype=np.float64)
@@ -105,13 +116,16 @@ class LinUCB(LinearPolicy):
         return {"alpha": self.alpha} | self._linear_params()
 
 
+_VARIANCE_CHUNK = 64
+
+
 def _variance_blocks(
     G: np.ndarray, scalars: int, d: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """``G_00``, the ``G_b0 = G_0b^T`` and ``G_bc`` of the scalar blocks flattened for products, the bias blocks."""
+    """``G_00``, ``2 G_b0`` (``G_b0 = G_0b^T``) and ``G_bc`` of the scalar blocks flattened, and the bias blocks."""
     blocks = 1 + scalars
     G4 = G[: blocks * d, : blocks * d].reshape(blocks, d, blocks, d).transpose(0, 2, 1, 3)
-    PT = np.ascontiguousarray(G4[1:, 0].reshape(scalars, d * d))
+    PT2 = 2.0 * G4[1:, 0].reshape(scalars, d * d)
     R = np.ascontiguousarray(G4[1:, 1:].reshape(scalars * scalars, d * d))
     g = G[: blocks * d, -1].reshape(blocks, d)
-    return np.ascontiguousarray(G4[0, 0]), PT, R, g[0].copy(), np.ascontiguousarray(g[1:]), float(G[-1, -1])
+    return np.ascontiguousarray(G4[0, 0]), PT2, R, g[0].copy(), np.ascontiguousarray(g[1:]), float(G[-1, -1])

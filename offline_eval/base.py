@@ -49,7 +49,8 @@ class SlateFeatureParts:
     context
         n-by-C context values.
     logged_items
-        n-by-S-by-d vectors of the logged items (anything finite on unserved slots).
+        n-by-S-by-d vectors of the logged items (anything finite on unserved slots; float32 index vectors may stay
+        float32).
     target_items
         n-by-S-by-d expected item vectors under the target (zero on unserved slots).
     target_mass

@@ -123,7 +123,10 @@ def replay_batches(
     target: Policy,
     threads: int | None = None,
 ) -> Iterator[Replayed]:
-    """Rebuild and replay batches of log rows, in order, ``threads`` batches at a time.
+    """Rebuild and replay batches of log rows, in order, on ``threads`` threads.
+
+    With one thread, one :class:`Replayed` comes back per batch; with more, each batch is cut into pieces of at most
+    :data:`THREAD_PIECE` rows and one comes back per piece, so that a short last batch does not leave a thread idle.
 
     Parameters
     ----------
@@ -135,9 +138,9 @@ def replay_batches(
     target
         The policy to replay (its scoring must be read-only, as every Scout policy's batched path is).
     threads
-        Batches worked on at once (default: the CPU count). numpy releases the GIL in the array work, so threads
+        Pieces worked on at once (default: the CPU count). numpy releases the GIL in the array work, so threads
         use the cores; while more than one runs, BLAS is held to one thread per call (process-wide, until the
-        iterator is exhausted or closed). At most twice this many batches are in memory at once.
+        iterator is exhausted or closed). At most twice this many pieces, and the batch being cut, are in memory.
     """
 
     def work(item: tuple[int, pa.Table | pa.RecordBatch]) -> Replayed:
@@ -152,12 +155,21 @@ def replay_batches(
         return
     with ThreadPoolExecutor(workers) as pool, threadpool_limits(1):
         pending: deque[Future[Replayed]] = deque()
-        for item in tables:
+        for item in _pieces(tables, THREAD_PIECE):
             pending.append(pool.submit(work, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _pieces(
+    tables: Iterable[tuple[int, pa.Table | pa.RecordBatch]], rows: int
+) -> Iterator[tuple[int, pa.Table | pa.RecordBatch]]:
+    """The batches cut into pieces of at most ``rows`` rows (zero-copy slices), so that threads share the work."""
+    for offset, table in tables:
+        for start in range(0, table.num_rows, rows):
+            yield offset + start, table.slice(start, rows)
 
 
 def _slices(log: DecisionLog, chunk: int) -> Iterator[tuple[int, pa.Table]]:
@@ -264,8 +276,9 @@ def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int 
 
 def _ids(ids: np.ndarray, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """n-by-K object array of ids, None in padding cells."""
-    out = np.empty(positions.shape, dtype=object)
-    out[valid] = ids[positions[valid]]
+    out = ids.take(positions)
+    if not valid.all():
+        out[~valid] = None
     return out
 
 
@@ -275,7 +288,10 @@ def queries(index: IndexArtifact, seed_pos: np.ndarray, seed_len: np.ndarray) ->
     vectors = index.vectors
     sums = np.zeros((n, vectors.shape[1]))
     filled = seed_len > 0
-    if filled.any():  # in order, row by row, as np.add.at would (same float64 sums)
+    # seed vectors added in order, as index.query's mean does (the same float64 sums)
+    if n and filled.all() and (seed_len == seed_len[0]).all():
+        sums = vectors[seed_pos].reshape(n, int(seed_len[0]), -1).sum(axis=1, dtype=np.float64)
+    elif filled.any():
         starts = (np.cumsum(seed_len) - seed_len)[filled]
         sums[filled] = np.add.reduceat(vectors[seed_pos].astype(np.float64), starts, axis=0)
     means = np.where(seed_len[:, None] > 0, sums / np.maximum(seed_len, 1)[:, None], 0.0)
@@ -329,6 +345,9 @@ def concat(parts: list[SlateData]) -> SlateData:
         np.concatenate([pad(p.target_features, 0.0) for p in parts]),
     )
 
+
+#: Rows per piece of work when batches are replayed on several threads (smaller pieces balance the threads).
+THREAD_PIECE = 2048
 
 _KNOWN: weakref.WeakKeyDictionary[IndexArtifact, pa.Array] = weakref.WeakKeyDictionary()
 

@@ -17,7 +17,7 @@ from offline_eval.base import SlateData
 from offline_eval.estimators import create_estimators
 from offline_eval.evaluation import evaluate_data
 from offline_eval.logs import LogError, records_to_table
-from offline_eval.replay import decisions, replay
+from offline_eval.replay import decisions, queries, replay
 from offline_eval.world import CONTEXT_KEYS, SyntheticWorld
 
 
@@ -113,3 +113,32 @@ def test_replay_refuses_a_thread_count_below_one(world: SyntheticWorld, index: I
     log = as_log(simulate(world, index, EpsilonGreedy(feature_dim(index.dim, len(CONTEXT_KEYS)), epsilon=1.0), 3, 91))
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         replay(log, index, EpsilonGreedy(feature_dim(index.dim, len(CONTEXT_KEYS))), threads=0)
+
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3, 3], [2, 0, 5, 1]])
+def test_batched_queries_are_the_index_queries_bit_for_bit(index: IndexArtifact, lengths: list[int]) -> None:
+    """Replay's n queries at once equal ``index.query`` row for row, with equal and with varying seed counts."""
+    rng = np.random.default_rng(3)
+    seeds = [rng.choice(len(index), size=m, replace=False) for m in lengths]
+    flat = np.concatenate(seeds).astype(np.int64)
+    batched = queries(index, flat, np.array(lengths, dtype=np.int64))
+    np.testing.assert_array_equal(batched, np.stack([index.query(s) for s in seeds]))
+
+
+def test_threaded_replay_cuts_batches_into_pieces_in_order(
+    world: SyntheticWorld, index: IndexArtifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches cut into pieces for the threads give what one thread gives, and errors still name the log row."""
+    from offline_eval import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "THREAD_PIECE", 7)
+    records = simulate(world, index, EpsilonGreedy(feature_dim(index.dim, len(CONTEXT_KEYS)), epsilon=1.0), 60, 93)
+    target = create_policy("linucb", feature_dim(index.dim, len(CONTEXT_KEYS)), {"alpha": 0.5})
+    assert target.batched
+    one, two = (replay(as_log(records), index, target, chunk=20, threads=t) for t in (1, 2))
+    for name in ("logged_propensity", "target_propensity", "reward", "mask"):
+        np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
+    np.testing.assert_array_equal(two.target_features, one.target_features)
+    records[33]["candidate_ids"] = [*records[33]["candidate_ids"][:-1], "no-such-item"]
+    with pytest.raises(LogError, match=r"row 33: 'no-such-item' is not in index"):
+        replay(as_log(records), index, target, chunk=20, threads=2)
