@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embeddings.base import Catalog
-from embeddings.factory import INDEX_TYPES, METRICS, IndexConfig, build_index, search_parameters
+from embeddings.factory import INDEX_TYPES, METRICS, IndexConfig, build_index, search, search_parameters
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -104,7 +104,7 @@ class IndexArtifact:
 
     @property
     def search_params(self) -> dict[str, int]:
-        """The index's search parameters (``nprobe`` for IVF, ``ef_search`` for HNSW; empty for flat)."""
+        """The index's search parameters: ``nprobe`` (IVF), ``rerank`` (re-ranking IVF-PQ), ``ef_search`` (HNSW)."""
         return dict(self.manifest.get("index", {}).get("params", {}))
 
     def __len__(self) -> int:
@@ -398,7 +398,7 @@ class IndexArtifact:
             return self._overfetch(q, k, exclude, allowed)
         selector, keep_alive = self._selector(exclude, allowed)
         params = search_parameters(self.index, self.search_params, selector)
-        scores, labels = self.index.search(q, min(k, len(self)), params=params)
+        scores, labels = self._search(q, min(k, len(self)), params)
         del keep_alive
         ok = labels[0] >= 0
         return SearchResult(positions=labels[0, ok].astype(np.int64), scores=scores[0, ok])
@@ -406,9 +406,7 @@ class IndexArtifact:
     def search_many(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Unfiltered top-k for Q queries at once: Q-by-k scores and positions (-1 where fewer exist)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        params = self._unfiltered_params()
-        scores, labels = self.index.search(q, min(k, len(self)), params=params)
-        return scores, labels
+        return self._search(q, min(k, len(self)), self._unfiltered_params())
 
     def _selector(self, exclude: np.ndarray, allowed: np.ndarray | None) -> tuple[Any, list[Any]]:
         n = len(self)
@@ -438,6 +436,10 @@ class IndexArtifact:
                 selector = not_excluded
         return selector, keep
 
+    def _search(self, queries: np.ndarray, k: int, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's search with the prepared parameters, re-ranked from the vectors when the index asks for it."""
+        return search(self.index, queries, k, self.search_params, self.vectors, self.manifest["metric"], prepared)
+
     def _unfiltered_params(self) -> Any:
         """Search parameters without a selector, built once (FAISS only reads them, so threads may share them)."""
         if self._plain_params is None:
@@ -464,7 +466,7 @@ class IndexArtifact:
         params = self._unfiltered_params()
         while True:
             want = min(want, n)
-            scores, labels = self.index.search(q, want, params=params)
+            scores, labels = self._search(q, want, params)
             found = labels[0]
             ok = found >= 0
             if live is not None:

@@ -78,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--nlist", type=int, help="IVF lists (default 4*sqrt(N) as a power of two)")
     build.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned)")
     build.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantizers (default 16)")
+    build.add_argument(
+        "--pq-bits", type=int, default=8, help="IVF-PQ bits per code (default 8; 4 scans the codes in SIMD blocks)"
+    )
+    build.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        help="IVF-PQ: re-score RERANK x k candidates exactly from the stored vectors (default 0: off)",
+    )
     build.add_argument("--m", type=int, default=32, help="HNSW graph degree (default 32)")
     build.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam (default 40)")
     build.add_argument("--ef-search", type=int, help="HNSW search beam (default: tuned)")
@@ -325,6 +334,8 @@ def _build(args: argparse.Namespace) -> None:
         nlist=args.nlist,
         nprobe=args.nprobe,
         pq_m=args.pq_m,
+        pq_bits=args.pq_bits,
+        rerank=args.rerank,
         hnsw_m=args.m,
         ef_construction=args.ef_construction,
         ef_search=args.ef_search,
