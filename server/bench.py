@@ -442,7 +442,11 @@ def compare(
             runs = ([("echo", *echo)] if echo is not None else []) + [("scout", target, server_pid)]
             for name, address, pid in runs:
                 with tqdm(
-                    total=100, desc=f"{level['level']} {name}", unit="%", disable=not progress, leave=False
+                    total=100,
+                    desc=f"{level['level']} {name}",
+                    unit="%",
+                    disable=None if progress else True,
+                    leave=False,
                 ) as bar:
 
                     def tick(fraction: float, bar: Any = bar) -> None:
