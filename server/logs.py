@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 import time
+from typing import TextIO
 
 #: The id of the RPC being handled in this context ("" outside RPCs).
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scout_request_id", default="")
@@ -38,6 +40,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record.
+
+    A stream bound once breaks when it is replaced and closed (as a test's capture is) while a thread still logs.
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
@@ -48,7 +65,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger: ``fmt`` is ``"text"`` (human) or ``"json"`` (one object per line)."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.set_name(_HANDLER)

@@ -1,8 +1,10 @@
 """RewardStream, reflection v1/v1alpha, request ids and Prometheus metrics, over real gRPC and a real Redis."""
 
+import io
 import json
 import logging
 import re
+import sys
 import time
 import urllib.request
 from dataclasses import replace
@@ -13,7 +15,7 @@ from conftest import make_settings, run_server
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.logs import JsonFormatter, request_id
+from server.logs import JsonFormatter, configure, request_id
 from server.pb import scout_pb2, scout_pb2_grpc
 from server.service import MAX_STREAM_REWARDS
 
@@ -135,6 +137,23 @@ def test_json_logs_carry_the_request_id() -> None:
     entry = json.loads(line)
     assert entry["message"] == "hello there" and entry["request_id"] == "req-42" and entry["level"] == "WARNING"
     assert entry["time"].endswith("Z") and "\n" not in line
+
+
+def test_logs_follow_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that logs after ``sys.stderr`` was replaced and the old one closed writes to the new one."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        configure("INFO", "text")
+        monkeypatch.setattr(sys, "stderr", second)
+        first.close()
+        logging.getLogger("scout.test").info("after the swap")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert "scout.test: after the swap" in second.getvalue() and "Logging error" not in second.getvalue()
 
 
 def scrape(port: int) -> dict[str, float]:
