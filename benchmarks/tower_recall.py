@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "tower_recall.json", help="where the JSON goes")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t0 = time.perf_counter()
@@ -94,8 +95,8 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     print(f"cold recall@50: tower / best untrained = {ratio:.2f} (target >= 1.5)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tower_recall.json").write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

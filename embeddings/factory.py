@@ -154,14 +154,25 @@ def search(
     if not rerank:
         return index.search(queries, k, params=faiss_params)
     labels = index.search(queries, k * rerank, params=faiss_params)[1]
+    parts = [_rescore(queries[i : i + 64], labels[i : i + 64], k, vectors, metric) for i in range(0, len(queries), 64)]
+    if not parts:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _rescore(
+    queries: np.ndarray, labels: np.ndarray, k: int, vectors: np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of each row's candidate ``labels`` by exact score; missing ones (-1) last, scored as FAISS does."""
     found = labels >= 0
     candidates = vectors[np.where(found, labels, 0)]
+    worst = np.finfo(np.float32).max
     if metric == "inner_product":
-        scores = np.einsum("qmd,qd->qm", candidates, queries)
-        order = np.argsort(np.where(found, -scores, np.inf), axis=1, kind="stable")[:, :k]
+        scores = np.where(found, np.einsum("qmd,qd->qm", candidates, queries), -worst)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     else:
-        scores = ((candidates - queries[:, None, :]) ** 2).sum(axis=2)
-        order = np.argsort(np.where(found, scores, np.inf), axis=1, kind="stable")[:, :k]
+        scores = np.where(found, ((candidates - queries[:, None, :]) ** 2).sum(axis=2), worst)
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]
     top = np.where(np.take_along_axis(found, order, 1), np.take_along_axis(labels, order, 1), -1)
     return np.take_along_axis(scores, order, 1).astype(np.float32), top
 

@@ -276,7 +276,7 @@ def rebuild(table: pa.Table | pa.RecordBatch, index: IndexArtifact, offset: int 
 
 def _ids(ids: np.ndarray, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """n-by-K object array of ids, None in padding cells."""
-    out = ids.take(positions)
+    out = np.asarray(ids, dtype=object).take(positions)
     if not valid.all():
         out[~valid] = None
     return out

@@ -127,6 +127,20 @@ def test_reranked_fast_scan_ivf_pq_returns_exact_scores_and_finds_more(metric: s
     assert (step <= 1e-6).all() if metric == "inner_product" else (step >= -1e-6).all()
 
 
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_reranked_search_pads_missing_results_as_faiss_does(metric: str) -> None:
+    """Fewer candidates than k (one probed list): the missing ids are -1, last, scored like FAISS's padding."""
+    config = IndexConfig("ivf_pq", metric, nlist=64, nprobe=1, pq_m=16, pq_bits=4, rerank=2, recall_k=10)
+    index, info = build_index(VECTORS, config)
+    scores, ids = search(index, VECTORS[:3], 1000, info["params"], VECTORS, metric)
+    assert scores.shape == ids.shape == (3, 1000) and scores.dtype == np.float32
+    missing = ids < 0
+    assert missing.any() and (missing[:, 1:] >= missing[:, :-1]).all(), "missing ids come last"
+    worst = np.finfo(np.float32).max
+    np.testing.assert_array_equal(scores[missing], -worst if metric == "inner_product" else worst)
+    assert np.abs(scores[~missing]).max() < 100
+
+
 def test_reranked_artifact_filters_removes_and_reloads(tmp_path: Path) -> None:
     """A re-ranking fast-scan IVF-PQ artifact honours exclusions (both strategies), removal and a save/load."""
     config = IndexConfig(index_type="ivf_pq", nlist=64, nprobe=16, pq_m=16, pq_bits=4, rerank=4, recall_k=50)

@@ -142,3 +142,10 @@ def test_threaded_replay_cuts_batches_into_pieces_in_order(
     records[33]["candidate_ids"] = [*records[33]["candidate_ids"][:-1], "no-such-item"]
     with pytest.raises(LogError, match=r"row 33: 'no-such-item' is not in index"):
         replay(as_log(records), index, target, chunk=20, threads=2)
+
+
+def test_padding_ids_are_none_whatever_the_id_dtype() -> None:
+    from offline_eval.replay import _ids
+
+    out = _ids(np.array(["a", "b", "c"]), np.array([[0, 1], [2, 0]]), np.array([[True, True], [True, False]]))
+    assert out.dtype == object and out.tolist() == [["a", "b"], ["c", None]]
