@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline_eval.base import RewardModelFactory, RewardPredictions, SlateData
+from bandits.features import block_weights
+from offline_eval.base import RewardModelFactory, RewardPredictions, SlateData, SlateFeatureParts
 
 #: Decisions whose design matrices the ridge model builds at once.
 CHUNK = 2048
@@ -79,6 +80,22 @@ class RidgeStatistics:
         )
 
 
+def _factored_predictions(parts: SlateFeatureParts, theta: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """``design(features) @ theta`` for the logged and the target's expected items, without the features.
+
+    Each decision's coefficients (n-by-(F+S): the feature blocks, the bias, the slot intercepts) fold into one
+    d-vector ``w = sum_b W_b theta_b`` (:func:`bandits.features.block_weights`), so a slot's prediction is
+    ``v.w + bias * mass + intercept``: the mass is 1 for the logged item, the target's total probability otherwise.
+    """
+    W = block_weights(parts.query, parts.context)
+    blocks, d = W.shape[1:]
+    w = (W * theta[:, : blocks * d].reshape(W.shape)).sum(axis=1)
+    bias, intercept = theta[:, blocks * d], theta[:, blocks * d + 1 : blocks * d + 1 + s]
+    logged = np.einsum("nsd,nd->ns", np.asarray(parts.logged_items, dtype=np.float64), w) + bias[:, None] + intercept
+    target = np.einsum("nsd,nd->ns", parts.target_items, w) + bias[:, None] * parts.target_mass + intercept
+    return logged, target
+
+
 def cross_fit(
     data: SlateData,
     model: RewardModelFactory | None = None,
@@ -124,10 +141,13 @@ def cross_fit(
         if stats is None:
             return RewardPredictions(q_logged, q_target)
         theta = stats.coefficients()
-        for rows_ in chunks:
-            part = data.take(rows_)
-            q_logged[rows_] = np.einsum("nsf,nf->ns", design(part.logged_features), theta[fold[rows_]])
-            q_target[rows_] = np.einsum("nsf,nf->ns", design(part.target_features), theta[fold[rows_]])
+        if data.parts is not None and not data.features_built:
+            q_logged, q_target = _factored_predictions(data.parts, theta[fold], s)
+        else:
+            for rows_ in chunks:
+                part = data.take(rows_)
+                q_logged[rows_] = np.einsum("nsf,nf->ns", design(part.logged_features), theta[fold[rows_]])
+                q_target[rows_] = np.einsum("nsf,nf->ns", design(part.target_features), theta[fold[rows_]])
     else:
         logged, target = design(data.logged_features), design(data.target_features)
         for f in range(folds):
