@@ -274,7 +274,8 @@ async def refresh_policies(store: Store, policies: PolicyBook) -> int:
             continue
         try:
             state = await store.client.hget(key, "state")
-            policies.swap(experiment, variant, load_policy(state or b""))
+            # Loading inverts the F-by-F matrix (milliseconds at F = 257): off the event loop that serves requests.
+            policies.swap(experiment, variant, await asyncio.to_thread(load_policy, state or b""))
             swapped += 1
         except (PolicyStateError, ValueError) as exc:
             log.error("rejected snapshot %s (version %s): %s; keeping version %d", key, version, exc, current.version)

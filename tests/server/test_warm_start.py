@@ -131,3 +131,37 @@ def test_bumping_the_generation_resets_learning(
     assert out["control"] >= 1 and out["control_version"] == out["control"], out  # control's generation: unchanged
     assert out["reloaded"] == 0 and out["same"] == out["generation0"], out
     assert out["generation1"] == 1 and out["generation0_after"] == out["generation0"], out
+
+
+def test_snapshots_load_off_the_event_loop(
+    index: IndexArtifact, index_dir: Path, clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server swapping in a new snapshot inverts its matrix on a worker thread, never on the serving loop."""
+    import threading
+
+    import server.learner as learner_module
+
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    loaded_on: list[str] = []
+    real = learner_module.load_policy
+
+    def recording(state: bytes) -> object:
+        loaded_on.append(threading.current_thread().name)
+        return real(state)
+
+    monkeypatch.setattr(learner_module, "load_policy", recording)
+
+    async def scenario() -> tuple[int, int]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        book = PolicyBook(settings, index.dim)
+        dim = book.get(EXPERIMENT, "linucb").feature_dim
+        newer = trained(dim, version=7)
+        key = store.policy_key(EXPERIMENT, "linucb")
+        await store.client.hset(key, mapping={"version": 7, "state": newer.to_bytes()})
+        swapped = await refresh_policies(store, book)
+        await store.client.aclose()
+        return swapped, book.get(EXPERIMENT, "linucb").version
+
+    loop_thread = threading.current_thread().name
+    assert asyncio.run(scenario()) == (1, 7)
+    assert loaded_on and loop_thread not in loaded_on, loaded_on
