@@ -91,6 +91,8 @@ class IndexConfig:
         for name in ("pq_m", "pq_bits", "hnsw_m", "ef_construction", "recall_k", "recall_queries", "flat_below"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.pq_bits > 16:
+            raise ValueError(f"pq_bits must be at most 16 (FAISS's product quantizer), got {self.pq_bits}")
         if self.rerank < 0:
             raise ValueError(f"rerank must be 0 (off) or positive, got {self.rerank}")
         if self.rerank and self.index_type != "ivf_pq":
@@ -223,6 +225,11 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
             inner = pq(quantizer, d, nlist, config.pq_m, config.pq_bits, metric)
         inner.cp.seed = config.seed
         train_size = min(n, config.train_size or 64 * nlist)
+        if kind == "ivf_pq" and train_size < 2**config.pq_bits:
+            raise ValueError(
+                f"pq_bits={config.pq_bits} needs at least {2**config.pq_bits} training vectors (2**pq_bits), "
+                f"got {train_size}: lower pq_bits or raise train_size"
+            )
         sample = vectors[np.sort(rng.choice(n, size=train_size, replace=False))] if train_size < n else vectors
         if config.use_gpu and gpu_count() > 0:
             inner.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(d, metric))

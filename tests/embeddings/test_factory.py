@@ -162,6 +162,13 @@ def test_reranked_artifact_filters_removes_and_reloads(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kept[:10], top[3:13])
 
 
+def test_pq_bits_are_checked_against_faiss_and_the_training_sample() -> None:
+    with pytest.raises(ValueError, match=r"pq_bits must be at most 16 \(FAISS's product quantizer\), got 20"):
+        IndexConfig(index_type="ivf_pq", pq_bits=20)
+    with pytest.raises(ValueError, match=r"pq_bits=12 needs at least 4096 training vectors \(2\*\*pq_bits\), got 256"):
+        build_index(VECTORS[:500], IndexConfig(index_type="ivf_pq", nlist=4, pq_m=8, pq_bits=12))
+
+
 def test_rerank_is_for_ivf_pq_only() -> None:
     with pytest.raises(ValueError, match="rerank applies to index_type ivf_pq only, got 'hnsw'"):
         IndexConfig(index_type="hnsw", rerank=4)
