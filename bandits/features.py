@@ -83,6 +83,16 @@ def block_weights(query: np.ndarray, context: np.ndarray) -> np.ndarray:
     return W
 
 
+def folded_weights(query: np.ndarray, context: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """``w = sum_b W_b theta_b``: the d-vector whose dot with an item vector is its features' dot with the coefficients.
+
+    ``coefficients`` are the ``(2 + C) * d`` feature coefficients without the bias, one vector for every request or
+    one row per request (n-by-``(2 + C) * d`` against n queries and contexts); :func:`block_weights` gives ``W``.
+    """
+    W = block_weights(query, context)
+    return (W * np.reshape(coefficients, (*np.shape(coefficients)[:-1], *W.shape[-2:]))).sum(axis=-2)
+
+
 def build_features_batch(queries: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
     """Build the features of n decisions at once.
 

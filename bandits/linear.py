@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from bandits.base import CandidateBatch, Exposure, FeatureParts, Policy
-from bandits.features import block_weights
+from bandits.features import folded_weights
 from bandits.ridge import ArmTerms, RidgeRegression, examination
 
 Arms = tuple[np.ndarray, np.ndarray] | None
@@ -69,12 +69,11 @@ class LinearPolicy(Policy):
     def parts_mean(self, parts: FeatureParts, arms: Arms) -> np.ndarray:
         """Predicted relevance from the parts, without the features: ``V w + theta_bias``, ``w = sum_b W_b theta_b``.
 
-        ``W`` are the request's block weights (:func:`bandits.features.block_weights`): the same numbers as
+        ``W`` are the request's block weights (:func:`bandits.features.folded_weights`): the same numbers as
         :meth:`mean` of the built features, up to rounding.
         """
-        W = block_weights(parts.query, parts.context)
         theta = self.model.theta
-        w = (W * theta[:-1].reshape(W.shape[-2:])).sum(axis=-2)
+        w = folded_weights(parts.query, parts.context, theta[:-1])
         mean = np.einsum("...kd,...d->...k", np.asarray(parts.items, dtype=np.float64), w) + theta[-1]
         if arms is not None and self.arms is not None:
             mean = mean + self.arms.bias(*arms)

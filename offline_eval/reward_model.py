@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bandits.features import block_weights
+from bandits.features import folded_weights
 from offline_eval.base import RewardModelFactory, RewardPredictions, SlateData, SlateFeatureParts
 
 #: Decisions whose design matrices the ridge model builds at once.
@@ -84,13 +84,12 @@ def _factored_predictions(parts: SlateFeatureParts, theta: np.ndarray, s: int) -
     """``design(features) @ theta`` for the logged and the target's expected items, without the features.
 
     Each decision's coefficients (n-by-(F+S): the feature blocks, the bias, the slot intercepts) fold into one
-    d-vector ``w = sum_b W_b theta_b`` (:func:`bandits.features.block_weights`), so a slot's prediction is
+    d-vector ``w = sum_b W_b theta_b`` (:func:`bandits.features.folded_weights`), so a slot's prediction is
     ``v.w + bias * mass + intercept``: the mass is 1 for the logged item, the target's total probability otherwise.
     """
-    W = block_weights(parts.query, parts.context)
-    blocks, d = W.shape[1:]
-    w = (W * theta[:, : blocks * d].reshape(W.shape)).sum(axis=1)
-    bias, intercept = theta[:, blocks * d], theta[:, blocks * d + 1 : blocks * d + 1 + s]
+    f = (2 + np.shape(parts.context)[1]) * np.shape(parts.query)[1]  # feature coefficients before the bias
+    w = folded_weights(parts.query, parts.context, theta[:, :f])
+    bias, intercept = theta[:, f], theta[:, f + 1 : f + 1 + s]
     logged = np.einsum("nsd,nd->ns", np.asarray(parts.logged_items, dtype=np.float64), w) + bias[:, None] + intercept
     target = np.einsum("nsd,nd->ns", parts.target_items, w) + bias[:, None] * parts.target_mass + intercept
     return logged, target
