@@ -20,6 +20,7 @@ from server.recommender import Recommender, RecommendInput
 from server.settings import JoinSettings
 from server.store import CLOSED, DUPLICATE, LATE, LATE_DUPLICATE, NOT_IN_SLATE, UNKNOWN, Store
 from server.validation import MAX_EVENT_ID_CHARS, Undecodable, check_reward, check_string, echo
+from server.writer import DecisionWriter
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -85,6 +86,8 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         self.counters: collections.Counter[str] = collections.Counter()
         # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="scout-decide")
+        # Decisions made while one is being stored go to Redis together (see server.writer).
+        self.writer = DecisionWriter(store, join.decision_stream_maxlen, join.pending_ttl_s)
 
     @_status
     async def Recommend(  # noqa: N802 - gRPC method name
@@ -106,8 +109,7 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         record = decision.record
         if _gone(context):
             raise ClientGone("the deadline passed (or the call was cancelled) before the decision was made; not logged")
-        due = record["decided_at"] + int(decision.reward_window_s * 1000)
-        await self.store.record_decision(record, due, self.join.decision_stream_maxlen, self.join.pending_ttl_s)
+        await self.writer.write(record, record["decided_at"] + int(decision.reward_window_s * 1000))
         if _gone(context) and await self.store.unrecord_decision(record["event_id"]):
             raise ClientGone("the deadline passed (or the call was cancelled) while logging; decision withdrawn")
         self.counters["decisions"] += 1

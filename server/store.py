@@ -35,9 +35,11 @@ positions it read, can publish. The number of shards must not change while decis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -45,14 +47,21 @@ import redis.asyncio as aioredis
 
 from server.settings import Settings
 
+# KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), then five per decision:
+# its JSON, served items, due time, event id, reward aggregation. Only a script's first write can be refused for
+# memory (Redis never stops a script midway), so a batch is stored whole or not at all.
 _RECORD = """
-redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'items', ARGV[2], 'agg', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-if tonumber(ARGV[5]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', ARGV[4])
+local cap, ttl = tonumber(ARGV[1]), ARGV[2]
+for i = 3, #KEYS do
+  local a = 5 * i - 12
+  redis.call('HSET', KEYS[i], 'decision', ARGV[a], 'items', ARGV[a + 1], 'agg', ARGV[a + 4])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+  redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 3])
+  if cap > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', 'event_id', ARGV[a + 3])
+  end
 end
-return 1
+return #KEYS - 2
 """
 
 _UNRECORD = """
@@ -214,21 +223,55 @@ class Store:
         self, decision: dict[str, Any], due_ms: int, stream_maxlen: int, ttl_s: float = 7 * 86400
     ) -> None:
         """Store a decision for joining at ``due_ms`` (epoch ms), expiring ``ttl_s`` after now if never joined."""
-        event_id = decision["event_id"]
-        shard = self.shard_of(event_id)
-        items = "\n" + "\n".join(decision["item_ids"]) + "\n"
-        await self._record(
-            keys=[self.pending_key(event_id), self.due_keys[shard], self.decision_keys[shard]],
-            args=[
-                orjson.dumps(decision, option=orjson.OPT_SERIALIZE_NUMPY),  # ~14x json.dumps; never non-finite
-                items,
-                due_ms,
-                event_id,
-                stream_maxlen,
-                int(ttl_s * 1000),
-                decision.get("reward_aggregation", "first"),
-            ],
-        )
+        error = (await self.record_decisions([(decision, due_ms)], stream_maxlen, ttl_s))[0]
+        if error is not None:
+            raise error
+
+    async def record_decisions(
+        self, decisions: Sequence[tuple[dict[str, Any], int]], stream_maxlen: int, ttl_s: float = 7 * 86400
+    ) -> list[Exception | None]:
+        """Store (decision, due_ms) pairs as :meth:`record_decision` does, in one Redis call per shard.
+
+        Each shard's decisions are stored together or not at all; the result holds, per decision, None or the
+        error that kept its shard's call from storing it.
+        """
+        by_shard: dict[int, list[int]] = {}
+        for k, (decision, _) in enumerate(decisions):
+            by_shard.setdefault(self.shard_of(decision["event_id"]), []).append(k)
+        ttl_ms = int(ttl_s * 1000)
+
+        async def shard_call(shard: int, members: list[int]) -> None:
+            keys = [self.due_keys[shard], self.decision_keys[shard]]
+            args: list[Any] = [stream_maxlen, ttl_ms]
+            for k in members:
+                decision, due_ms = decisions[k]
+                event_id = decision["event_id"]
+                keys.append(f"{self._tags[shard]}:pending:{event_id}")
+                args += [
+                    orjson.dumps(decision, option=orjson.OPT_SERIALIZE_NUMPY),  # ~14x json.dumps; never non-finite
+                    "\n" + "\n".join(decision["item_ids"]) + "\n",
+                    due_ms,
+                    event_id,
+                    decision.get("reward_aggregation", "first"),
+                ]
+            await self._record(keys=keys, args=args)
+
+        shards = list(by_shard.items())
+        if len(shards) == 1:
+            outcomes: list[BaseException | None] = [None]
+            try:
+                await shard_call(*shards[0])
+            except Exception as exc:
+                outcomes[0] = exc
+        else:
+            outcomes = await asyncio.gather(*(shard_call(s, m) for s, m in shards), return_exceptions=True)
+        errors: list[Exception | None] = [None] * len(decisions)
+        for (_, members), outcome in zip(shards, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation and the like are not a shard's failure
+            for k in members:
+                errors[k] = outcome
+        return errors
 
     async def unrecord_decision(self, event_id: str) -> bool:
         """Withdraw a decision that was never delivered (not yet joined); True when it was withdrawn."""
