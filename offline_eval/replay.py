@@ -372,6 +372,11 @@ def _positions(
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.list_flatten(array)
+    if len(values) * 4 < len(known):  # index_in hashes all of `known` on every call: 0.17 s for 1M items
+        try:
+            return index.positions(values.to_pylist()), lengths
+        except KeyError:
+            pass  # an unknown id: the path below names its row
     found = pc.index_in(values, value_set=known)
     if found.null_count:
         first = int(np.argmax(found.is_null().to_numpy(zero_copy_only=False)))
