@@ -76,51 +76,62 @@ class FeatureParts:
         return cls(np.asarray(query, dtype=np.float64), v, np.asarray(context, dtype=np.float64))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Candidates:
     """The K candidates of one decision.
 
     Parameters
     ----------
     features
-        Feature matrix, K rows (one per candidate) by F columns, from :func:`bandits.features.build_features`.
+        Feature matrix, K rows (one per candidate) by F columns, from :func:`bandits.features.build_features`; or
+        None when ``parts`` are given: then they are built from the parts the first time something reads
+        :attr:`features` (policies that score from the parts never do).
     emerging
         K booleans: whether each candidate's creator is emerging.
     item_ids, creator_ids
         Optional K ids (strings); policies with item- and creator-level terms use them, others ignore them.
     parts
-        Optional inputs the features were built from (:func:`bandits.features.make_candidates` sets them); a
-        policy may score from them instead of ``features`` with the same result.
+        Optional inputs the features are built from (:meth:`from_parts` sets them); a policy may score from them
+        instead of ``features`` with the same result up to rounding.
     """
 
-    features: np.ndarray
     emerging: np.ndarray
-    item_ids: np.ndarray | None = None
-    creator_ids: np.ndarray | None = None
-    parts: FeatureParts | None = None
+    item_ids: np.ndarray | None
+    creator_ids: np.ndarray | None
+    parts: FeatureParts | None
 
-    def __post_init__(self) -> None:
-        f = np.asarray(self.features, dtype=np.float64)
-        e = np.asarray(self.emerging, dtype=bool)
-        if f.ndim != 2 or f.shape[0] == 0:
-            raise ValueError(f"features must be a non-empty K-by-F matrix, got shape {f.shape}")
-        if not np.isfinite(f).all():
-            raise ValueError("features must be finite")
-        if e.shape != (f.shape[0],):
-            raise ValueError(f"emerging must have one flag per candidate ({f.shape[0]}), got shape {e.shape}")
-        object.__setattr__(self, "features", f)
+    def __init__(
+        self,
+        features: np.ndarray | None,
+        emerging: np.ndarray,
+        item_ids: np.ndarray | None = None,
+        creator_ids: np.ndarray | None = None,
+        parts: FeatureParts | None = None,
+    ) -> None:
+        e = np.asarray(emerging, dtype=bool)
+        if parts is not None:
+            v = np.asarray(parts.items)
+            q, c = np.asarray(parts.query), np.asarray(parts.context)
+            if v.ndim != 2 or v.shape[0] == 0 or q.shape != v.shape[1:] or c.ndim != 1:
+                raise ValueError(f"parts: query {q.shape}, items {v.shape} and context {c.shape} do not fit together")
+            if not (np.isfinite(v).all() and np.isfinite(q).all() and np.isfinite(c).all()):
+                raise ValueError("features must be finite")
+            shape = v.shape[:1]
+        elif features is None:
+            raise ValueError("give features, or the parts to build them from")
+        else:
+            shape = np.shape(features)[:1]
+        if e.shape != shape:
+            raise ValueError(f"emerging must have one flag per candidate ({shape[0]}), got shape {e.shape}")
         object.__setattr__(self, "emerging", e)
-        object.__setattr__(self, "item_ids", _ids(self.item_ids, e.shape, "item_ids"))
-        object.__setattr__(self, "creator_ids", _ids(self.creator_ids, e.shape, "creator_ids"))
-        if self.parts is not None:
-            k, d = np.shape(self.parts.items)
-            if k != f.shape[0] or f.shape[1] != (2 + len(self.parts.context)) * d + 1:
-                raise ValueError(f"parts: items {np.shape(self.parts.items)} do not match features {f.shape}")
-
-    @property
-    def count(self) -> int:
-        """Number of candidates K."""
-        return int(self.features.shape[0])
+        object.__setattr__(self, "item_ids", _ids(item_ids, e.shape, "item_ids"))
+        object.__setattr__(self, "creator_ids", _ids(creator_ids, e.shape, "creator_ids"))
+        object.__setattr__(self, "parts", parts)
+        if features is not None:
+            f = self._checked(features)
+            if parts is not None and f.shape[1] != self.feature_dim:
+                raise ValueError(f"parts: items {np.shape(parts.items)} do not match features {f.shape}")
+            self.__dict__["features"] = f
 
     @classmethod
     def from_parts(
@@ -132,12 +143,37 @@ class Candidates:
         item_ids: np.ndarray | None = None,
         creator_ids: np.ndarray | None = None,
     ) -> Candidates:
-        """One decision's candidates with their features (:func:`bandits.features.build_features`) and parts.
+        """One decision's candidates from their parts, features deferred (:func:`bandits.features.build_features`).
 
-        Policies that can score from the parts (LinUCB's confidence width) then skip the F-by-F products.
+        Policies that score from the parts (the linear ones) never build the K-by-F features.
         """
-        parts = FeatureParts.of(query, items, context)
-        return cls(build_features(query, items, context), emerging, item_ids, creator_ids, parts)
+        return cls(None, emerging, item_ids, creator_ids, FeatureParts.of(query, items, context))
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """The K-by-F features (built from the parts on first use when they were not given)."""
+        assert self.parts is not None
+        return self._checked(build_features(self.parts.query, self.parts.items, self.parts.context))
+
+    def _checked(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[0] == 0:
+            raise ValueError(f"features must be a non-empty K-by-F matrix, got shape {f.shape}")
+        if not np.isfinite(f).all():
+            raise ValueError("features must be finite")
+        return f
+
+    @property
+    def feature_dim(self) -> int:
+        """F, without building the features."""
+        if "features" in self.__dict__ or self.parts is None:
+            return int(self.features.shape[1])
+        return (2 + len(self.parts.context)) * int(np.shape(self.parts.items)[1]) + 1
+
+    @property
+    def count(self) -> int:
+        """Number of candidates K."""
+        return int(self.emerging.shape[0])
 
 
 @dataclass(frozen=True, init=False)
@@ -676,9 +712,9 @@ class Policy(ABC):
         return policy
 
     def _check(self, candidates: Candidates) -> None:
-        if candidates.features.shape[1] != self.feature_dim:
+        if candidates.feature_dim != self.feature_dim:
             raise ValueError(
-                f"candidates have {candidates.features.shape[1]} feature columns, policy expects {self.feature_dim}"
+                f"candidates have {candidates.feature_dim} feature columns, policy expects {self.feature_dim}"
             )
 
 

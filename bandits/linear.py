@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bandits.base import CandidateBatch, Exposure, FeatureParts, Policy
+from bandits.base import CandidateBatch, Candidates, Exposure, FeatureParts, Policy
 from bandits.features import folded_weights
 from bandits.ridge import ArmTerms, RidgeRegression, examination
 
@@ -78,6 +78,14 @@ class LinearPolicy(Policy):
         if arms is not None and self.arms is not None:
             mean = mean + self.arms.bias(*arms)
         return np.asarray(mean, dtype=np.float64)
+
+    def table(self, candidates: Candidates) -> np.ndarray:
+        """The score table, from the candidates' parts when they have them (their features stay unbuilt)."""
+        if candidates.parts is None or not self.factored:
+            return super().table(candidates)
+        self._check(candidates)
+        arms = self._arms(candidates.item_ids, candidates.creator_ids)
+        return self._weighted(self._optimistic(self.parts_table(candidates.parts, arms), arms), candidates.emerging)
 
     def batch_table(self, batch: CandidateBatch) -> np.ndarray:
         """Score tables of n decisions, from the batch's parts when it has them (its features stay unbuilt)."""

@@ -201,12 +201,13 @@ class Recommender:
         emerging = rule.flags(index.creator_popularity[positions], index.creator_age_days[positions])
         # ids feed the policies' item/creator terms, exactly as replay and the learner do; the parts let LinUCB
         # score its confidence width in O(K d^2) instead of O(K F^2)
+        candidate_ids = index.item_ids[positions]
         candidates = Candidates.from_parts(
             query,
             index.vectors[positions],
             context,
             emerging,
-            item_ids=index.item_ids[positions],
+            item_ids=candidate_ids,
             creator_ids=index.creator_ids[positions],
         )
         event_id = self._event_id()
@@ -229,7 +230,7 @@ class Recommender:
             "context_values": context.tolist(),
             "seed_item_ids": seeds,
             "exclude_item_ids": excluded_ids,
-            "candidate_ids": index.item_ids[positions].tolist(),
+            "candidate_ids": candidate_ids.tolist(),
             "item_ids": index.item_ids[served].tolist(),
             "creator_ids": index.creator_ids[served].tolist(),
             "propensities": slate.propensities.tolist(),

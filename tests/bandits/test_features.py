@@ -67,6 +67,17 @@ def test_linucb_scores_from_parts_equal_scores_from_features() -> None:
     plain = Candidates(build_features(query, items, context), np.zeros(7, bool), ids, ids)
     assert with_parts.parts is not None and plain.parts is None
     np.testing.assert_allclose(policy.table(with_parts), policy.table(plain), rtol=1e-10)
+    slate = policy.rank(with_parts, 3, np.random.default_rng(0))
+    np.testing.assert_array_equal(slate.indices, policy.rank(plain, 3, np.random.default_rng(0)).indices)
+    # Serving ranks from the parts: the K-by-F features are never built, unless something asks for them.
+    assert "features" not in vars(with_parts) and with_parts.feature_dim == plain.features.shape[1]
+    np.testing.assert_array_equal(with_parts.features, plain.features)
+    with pytest.raises(ValueError, match="finite"):
+        Candidates.from_parts(query, np.full((7, d), np.inf), context, np.zeros(7, bool))
+    with pytest.raises(ValueError, match="one flag per candidate"):
+        Candidates.from_parts(query, items, context, np.zeros(6, bool))
+    with pytest.raises(ValueError, match="parts"):
+        Candidates.from_parts(query[:3], items, context, np.zeros(7, bool))
 
 
 def test_merge_candidates_reserves_a_quota_for_the_emerging_list() -> None:

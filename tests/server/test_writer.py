@@ -1,5 +1,5 @@
 """Group commit of decisions on a real redis-server: concurrent decisions share Redis calls and are each stored
-once; a caller cancelled while waiting has its decision withdrawn; a failing Redis fails every waiter, and none hangs."""
+once; a caller cancelled while waiting has its decision withdrawn; a failing Redis fails every waiter, none hangs."""
 
 from __future__ import annotations
 
