@@ -21,7 +21,6 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -129,7 +128,7 @@ class Candidates:
         object.__setattr__(self, "parts", parts)
         if features is not None:
             f = self._checked(features)
-            if parts is not None and f.shape[1] != self.feature_dim:
+            if parts is not None and (f.shape[0] != shape[0] or f.shape[1] != self.feature_dim):
                 raise ValueError(f"parts: items {np.shape(parts.items)} do not match features {f.shape}")
             self.__dict__["features"] = f
 
@@ -149,11 +148,16 @@ class Candidates:
         """
         return cls(None, emerging, item_ids, creator_ids, FeatureParts.of(query, items, context))
 
-    @cached_property
+    @property
     def features(self) -> np.ndarray:
         """The K-by-F features (built from the parts on first use when they were not given)."""
-        assert self.parts is not None
-        return self._checked(build_features(self.parts.query, self.parts.items, self.parts.context))
+        built: np.ndarray | None = self.__dict__.get("features")
+        if built is None:  # no lock (functools.cached_property holds one per class on 3.11): a race builds twice
+            assert self.parts is not None
+            built = self.__dict__["features"] = self._checked(
+                build_features(self.parts.query, self.parts.items, self.parts.context)
+            )
+        return built
 
     def _checked(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float64)
@@ -256,11 +260,16 @@ class CandidateBatch:
         """Build a batch from its parts (n-by-d queries, n-by-K-by-d items, n-by-C context), features deferred."""
         return cls(None, valid, emerging, item_ids, creator_ids, FeatureParts.of(queries, items, context))
 
-    @cached_property
+    @property
     def features(self) -> np.ndarray:
         """The n-by-K-by-F features (built from the parts on first use when they were not given)."""
-        assert self.parts is not None
-        return self._checked(build_features_batch(self.parts.query, self.parts.items, self.parts.context))
+        built: np.ndarray | None = self.__dict__.get("features")
+        if built is None:  # as Candidates.features
+            assert self.parts is not None
+            built = self.__dict__["features"] = self._checked(
+                build_features_batch(self.parts.query, self.parts.items, self.parts.context)
+            )
+        return built
 
     def _checked(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float64)

@@ -117,7 +117,7 @@ async def redis_stages(records: list[dict[str, Any]], calls: int) -> dict[str, A
             out["decision_logging_16_group_commit"] = {
                 "per_s": calls / (time.perf_counter() - started),
                 "client_cpu_us": (time.process_time() - cpu) / calls * 1e6,
-                "decisions_per_call": writer.decisions / max(writer.calls, 1),
+                "decisions_per_batch": writer.decisions / max(writer.batches, 1),
             }
             lat = np.empty(calls)
             for i in range(calls):

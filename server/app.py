@@ -82,6 +82,7 @@ class ScoutServer:
         await asyncio.gather(*(loop.task for loop in self.loops if loop.task is not None), return_exceptions=True)
         await self.background.wait()
         self.service.executor.shutdown(wait=False)
+        await self.service.writer.close()
         self.metrics.close()
         await self.store.client.aclose()
         if self.redis_process is not None:

@@ -40,6 +40,7 @@ import json
 import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -49,7 +50,7 @@ from server.settings import Settings
 
 # KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), then five per decision:
 # its JSON, served items, due time, event id, reward aggregation. Only a script's first write can be refused for
-# memory (Redis never stops a script midway), so a batch is stored whole or not at all.
+# memory (Redis does not stop a script midway for it), so a batch refused for memory stores nothing.
 _RECORD = """
 local cap, ttl = tonumber(ARGV[1]), ARGV[2]
 for i = 3, #KEYS do
@@ -166,6 +167,15 @@ LATE, LATE_DUPLICATE = 3, 2
 PUBLISHED, LEASE_LOST, POSITION_MOVED = 1, -1, -2
 
 
+@dataclass(frozen=True)
+class DecisionEntry:
+    """A decision serialized for storing: its shard, its event id and the recording script's five arguments."""
+
+    shard: int
+    event_id: str
+    args: tuple[bytes, str, int, str, str]
+
+
 class Store:
     """Async access to Scout's Redis state.
 
@@ -223,37 +233,43 @@ class Store:
         self, decision: dict[str, Any], due_ms: int, stream_maxlen: int, ttl_s: float = 7 * 86400
     ) -> None:
         """Store a decision for joining at ``due_ms`` (epoch ms), expiring ``ttl_s`` after now if never joined."""
-        error = (await self.record_decisions([(decision, due_ms)], stream_maxlen, ttl_s))[0]
+        error = (await self.record_decisions([self.decision_entry(decision, due_ms)], stream_maxlen, ttl_s))[0]
         if error is not None:
             raise error
 
-    async def record_decisions(
-        self, decisions: Sequence[tuple[dict[str, Any], int]], stream_maxlen: int, ttl_s: float = 7 * 86400
-    ) -> list[Exception | None]:
-        """Store (decision, due_ms) pairs as :meth:`record_decision` does, in one Redis call per shard.
+    def decision_entry(self, decision: dict[str, Any], due_ms: int) -> DecisionEntry:
+        """A decision serialized for :meth:`record_decisions`: its shard, event id and the script's five arguments."""
+        event_id = decision["event_id"]
+        return DecisionEntry(
+            self.shard_of(event_id),
+            event_id,
+            (
+                orjson.dumps(decision, option=orjson.OPT_SERIALIZE_NUMPY),  # ~14x json.dumps; never non-finite
+                "\n" + "\n".join(decision["item_ids"]) + "\n",
+                due_ms,
+                event_id,
+                decision.get("reward_aggregation", "first"),
+            ),
+        )
 
-        Each shard's decisions are stored together or not at all; the result holds, per decision, None or the
-        error that kept its shard's call from storing it.
+    async def record_decisions(
+        self, entries: Sequence[DecisionEntry], stream_maxlen: int, ttl_s: float = 7 * 86400
+    ) -> list[Exception | None]:
+        """Store decisions (from :meth:`decision_entry`) as :meth:`record_decision` does, one Redis call per shard.
+
+        The result holds, per decision, None or the error of its shard's call.
         """
         by_shard: dict[int, list[int]] = {}
-        for k, (decision, _) in enumerate(decisions):
-            by_shard.setdefault(self.shard_of(decision["event_id"]), []).append(k)
+        for k, entry in enumerate(entries):
+            by_shard.setdefault(entry.shard, []).append(k)
         ttl_ms = int(ttl_s * 1000)
 
         async def shard_call(shard: int, members: list[int]) -> None:
             keys = [self.due_keys[shard], self.decision_keys[shard]]
             args: list[Any] = [stream_maxlen, ttl_ms]
             for k in members:
-                decision, due_ms = decisions[k]
-                event_id = decision["event_id"]
-                keys.append(f"{self._tags[shard]}:pending:{event_id}")
-                args += [
-                    orjson.dumps(decision, option=orjson.OPT_SERIALIZE_NUMPY),  # ~14x json.dumps; never non-finite
-                    "\n" + "\n".join(decision["item_ids"]) + "\n",
-                    due_ms,
-                    event_id,
-                    decision.get("reward_aggregation", "first"),
-                ]
+                keys.append(f"{self._tags[shard]}:pending:{entries[k].event_id}")
+                args += entries[k].args
             await self._record(keys=keys, args=args)
 
         shards = list(by_shard.items())
@@ -265,7 +281,7 @@ class Store:
                 outcomes[0] = exc
         else:
             outcomes = await asyncio.gather(*(shard_call(s, m) for s, m in shards), return_exceptions=True)
-        errors: list[Exception | None] = [None] * len(decisions)
+        errors: list[Exception | None] = [None] * len(entries)
         for (_, members), outcome in zip(shards, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # cancellation and the like are not a shard's failure

@@ -14,11 +14,12 @@ from typing import Any
 
 import redis
 
-from server.store import Store
+from server.store import DecisionEntry, Store
 
 log = logging.getLogger(__name__)
-#: Most decisions one Redis call stores.
+#: Most decisions one batch stores.
 MAX_BATCH = 128
+_Waiting = tuple[DecisionEntry, asyncio.Future[None]]
 
 
 class DecisionWriter:
@@ -31,70 +32,91 @@ class DecisionWriter:
     stream_maxlen, ttl_s
         As :meth:`Store.record_decision` takes them.
     max_batch
-        Most decisions per Redis call.
+        Most decisions per batch (one Redis call per shard).
     """
 
     def __init__(self, store: Store, stream_maxlen: int, ttl_s: float, max_batch: int = MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.store, self.stream_maxlen, self.ttl_s, self.max_batch = store, stream_maxlen, ttl_s, max_batch
-        self._waiting: list[tuple[dict[str, Any], int, asyncio.Future[None]]] = []
+        self._waiting: list[_Waiting] = []
         self._task: asyncio.Task[None] | None = None
-        #: Redis calls made and decisions they stored (batch size = ``decisions / calls``).
-        self.calls = 0
+        self._withdrawals: set[asyncio.Task[None]] = set()
+        #: Batches written and the decisions they stored (batch size = ``decisions / batches``).
+        self.batches = 0
         self.decisions = 0
 
     async def write(self, record: dict[str, Any], due_ms: int) -> None:
         """Store one decision; return once it is stored, or raise what kept its batch from being stored.
 
-        If the caller is cancelled while waiting, its decision is withdrawn once stored (never delivered, so it
-        must not stay in the log).
+        A decision whose caller is cancelled before its batch is sent is dropped; one whose caller is cancelled
+        after that is withdrawn once stored (it was never delivered, so it must not stay in the log).
         """
+        entry = self.store.decision_entry(record, due_ms)  # a record that does not serialize fails only its caller
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((record, due_ms, future))
-        if self._task is None:
+        self._waiting.append((entry, future))
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._withdraw(entry.event_id)  # stored just before the cancellation reached this caller
+            raise
+
+    async def close(self) -> None:
+        """Wait for the batch in flight and for pending withdrawals (the server is stopping)."""
+        pending = [t for t in (self._task, *self._withdrawals) if t is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Write the waiting decisions, a batch at a time, until none wait."""
-        batch: list[tuple[dict[str, Any], int, asyncio.Future[None]]] = []
+        batch: list[_Waiting] = []
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+                live = [(entry, future) for entry, future in self._waiting if not future.cancelled()]
+                batch, self._waiting = live[: self.max_batch], live[self.max_batch :]
+                if not batch:
+                    continue
                 errors = await self.store.record_decisions(
-                    [(record, due) for record, due, _ in batch], self.stream_maxlen, self.ttl_s
+                    [entry for entry, _ in batch], self.stream_maxlen, self.ttl_s
                 )
-                self.calls += 1
+                self.batches += 1
                 self.decisions += len(batch)
-                withdraw = []
-                for (record, _, future), error in zip(batch, errors, strict=True):
+                unreachable = None
+                for (entry, future), error in zip(batch, errors, strict=True):
                     if future.cancelled():
                         if error is None:
-                            withdraw.append(record["event_id"])
+                            self._withdraw(entry.event_id)
                     elif error is None:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
+                    if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+                        unreachable = error
                 batch = []
-                for event_id in withdraw:
-                    await self._withdraw(event_id)
+                if unreachable is not None:  # fail fast: the waiting would each wait out another timeout
+                    self._fail([], unreachable)
         except Exception as exc:  # not a store error (those come back per decision): its callers fail, never hang
             log.exception("decision writer failed")
             self._fail(batch, exc)
         except BaseException:  # cancelled (the server is stopping): the batch's outcome is unknown; callers retry
             self._fail(batch, redis.ConnectionError("the server stopped while storing the decision"))
             raise
-        finally:
-            self._task = None
 
-    def _fail(self, batch: list[tuple[dict[str, Any], int, asyncio.Future[None]]], error: Exception) -> None:
-        for _, _, future in batch + self._waiting:
+    def _fail(self, batch: list[_Waiting], error: Exception) -> None:
+        for _, future in batch + self._waiting:
             if not future.done():
                 future.set_exception(error)
         self._waiting = []
 
-    async def _withdraw(self, event_id: str) -> None:
+    def _withdraw(self, event_id: str) -> None:
+        """Withdraw a stored decision that was never delivered, in the background."""
+        task = asyncio.get_running_loop().create_task(self._unrecord(event_id))
+        self._withdrawals.add(task)
+        task.add_done_callback(self._withdrawals.discard)
+
+    async def _unrecord(self, event_id: str) -> None:
         try:
             await self.store.unrecord_decision(event_id)
         except Exception as exc:  # it stays in the log, joined without rewards

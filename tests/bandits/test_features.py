@@ -78,6 +78,8 @@ def test_linucb_scores_from_parts_equal_scores_from_features() -> None:
         Candidates.from_parts(query, items, context, np.zeros(6, bool))
     with pytest.raises(ValueError, match="parts"):
         Candidates.from_parts(query[:3], items, context, np.zeros(7, bool))
+    with pytest.raises(ValueError, match="parts"):  # features of other candidates than the parts describe
+        Candidates(plain.features[:3], np.zeros(7, bool), parts=with_parts.parts)
 
 
 def test_merge_candidates_reserves_a_quota_for_the_emerging_list() -> None:

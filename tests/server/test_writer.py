@@ -35,7 +35,7 @@ def test_concurrent_decisions_share_calls_and_are_each_stored_once(
         stored = [await store.client.hget(store.pending_key(r["event_id"]), "decision") for r in records]
         streamed = sum([int(await store.client.xlen(key)) for key in store.decision_keys])
         assert streamed == 40
-        assert writer._task is None  # drained: the next write starts a new batch
+        assert writer._task is not None and writer._task.done()  # drained: the next write starts a new batch
         await store.client.aclose()
         return writer, per_shard, stored
 
@@ -43,35 +43,50 @@ def test_concurrent_decisions_share_calls_and_are_each_stored_once(
     assert sum(per_shard) == 40 and all(per_shard), per_shard
     assert [orjson.loads(s) if s else None for s in stored] == records  # each decision stored whole, in its shard
     assert writer.decisions == 40
-    # All 40 were waiting before the first call: 16 + 16 + 8 (one call per decision before group commit).
-    assert writer.calls == 3, writer.calls
+    # All 40 were waiting before the first batch: 16 + 16 + 8 (one call per decision before group commit).
+    assert writer.batches == 3, writer.batches
 
 
-def test_a_caller_cancelled_while_waiting_has_its_decision_withdrawn(
+_SPIN = """
+local start = redis.call('TIME')
+local function ms() local t = redis.call('TIME') return (t[1] - start[1]) * 1000 + (t[2] - start[2]) / 1000 end
+while ms() < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+def test_cancelled_callers_lose_their_decisions_whether_queued_or_in_flight(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
 ) -> None:
     records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 3)
 
-    async def scenario() -> tuple[list[bool], int, bool]:
+    async def scenario() -> tuple[list[bool], list[BaseException | None], DecisionWriter]:
         store = Store(aioredis.Redis.from_url(clean_redis))
+        other = aioredis.Redis.from_url(clean_redis)
         writer = DecisionWriter(store, stream_maxlen=0, ttl_s=600)
         due = int(time.time() * 1000) + 60_000
-        tasks = [asyncio.create_task(writer.write(record, due)) for record in records]
-        await asyncio.sleep(0)  # all three are waiting on the first batch's call
-        tasks[1].cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert results[0] is None and results[2] is None and isinstance(results[1], asyncio.CancelledError)
-        while writer._task is not None:  # the withdrawal happens after the batch lands
-            await asyncio.sleep(0.01)
+        spin = asyncio.create_task(other.eval(_SPIN, 0, 400))  # Redis is busy for 0.4 s
+        await asyncio.sleep(0.05)
+        in_flight = asyncio.create_task(writer.write(records[0], due))
+        await asyncio.sleep(0.05)  # its batch is sent, and waits on Redis
+        kept, queued = (asyncio.create_task(writer.write(r, due)) for r in records[1:])
+        await asyncio.sleep(0.01)  # both wait behind the batch in flight
+        in_flight.cancel()
+        queued.cancel()
+        outcomes = await asyncio.gather(in_flight, kept, queued, return_exceptions=True)
+        await spin
+        await writer.close()  # the in-flight decision is withdrawn after its batch lands
         exists = [bool(await store.client.exists(store.pending_key(r["event_id"]))) for r in records]
-        due_count = int(await store.client.zcard(store.due_keys[0]))
-        cancelled_due = await store.client.zscore(store.due_keys[0], records[1]["event_id"]) is not None
+        assert int(await store.client.zcard(store.due_keys[0])) == 1
         await store.client.aclose()
-        return exists, due_count, cancelled_due
+        await other.aclose()
+        return exists, outcomes, writer
 
-    exists, due_count, cancelled_due = asyncio.run(scenario())
-    assert exists == [True, False, True]
-    assert due_count == 2 and not cancelled_due
+    exists, outcomes, writer = asyncio.run(scenario())
+    assert isinstance(outcomes[0], asyncio.CancelledError) and isinstance(outcomes[2], asyncio.CancelledError)
+    assert outcomes[1] is None
+    assert exists == [False, True, False]  # withdrawn, stored, never sent
+    assert (writer.batches, writer.decisions) == (2, 2)  # the queued one was dropped before its batch was sent
 
 
 def test_an_unreachable_redis_fails_every_waiter_and_the_writer_recovers(
@@ -96,3 +111,32 @@ def test_an_unreachable_redis_fails_every_waiter_and_the_writer_recovers(
     first, second = asyncio.run(scenario())
     assert all(isinstance(outcome, redis.ConnectionError) for outcome in first), first
     assert second == [None] * 5
+
+
+def test_a_stalled_redis_fails_the_waiting_callers_at_once_not_a_timeout_each(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 13)
+
+    async def scenario() -> tuple[list[BaseException | None], DecisionWriter, bool]:
+        store = Store(aioredis.Redis.from_url(clean_redis, socket_timeout=0.3))
+        other = aioredis.Redis.from_url(clean_redis)
+        writer = DecisionWriter(store, stream_maxlen=0, ttl_s=600, max_batch=4)
+        due = int(time.time() * 1000) + 60_000
+        spin = asyncio.create_task(other.eval(_SPIN, 0, 1500))  # Redis stalls for 1.5 s
+        await asyncio.sleep(0.05)
+        first = asyncio.create_task(writer.write(records[0], due))
+        await asyncio.sleep(0.05)  # its batch waits on the stalled Redis
+        outcomes = await asyncio.gather(first, *(writer.write(r, due) for r in records[1:12]), return_exceptions=True)
+        await spin
+        await writer.write(records[12], due)  # Redis is back
+        stored = bool(await store.client.exists(store.pending_key(records[12]["event_id"])))
+        await store.client.aclose()
+        await other.aclose()
+        return outcomes, writer, stored
+
+    outcomes, writer, stored = asyncio.run(scenario())
+    assert all(isinstance(outcome, redis.TimeoutError) for outcome in outcomes), outcomes
+    # One batch timed out; the 11 waiting behind it failed with it instead of waiting out three more timeouts.
+    assert (writer.batches, writer.decisions) == (2, 2)
+    assert stored
