@@ -75,8 +75,39 @@ class FeatureParts:
         return cls(np.asarray(query, dtype=np.float64), v, np.asarray(context, dtype=np.float64))
 
 
+class _DeferredFeatures:
+    """Features given, or built from ``parts`` the first time something reads them; F without building them."""
+
+    parts: FeatureParts | None
+
+    @staticmethod
+    def _build(query: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def features(self) -> np.ndarray:
+        """The features (built from the parts on first use when they were not given)."""
+        built: np.ndarray | None = self.__dict__.get("features")
+        if built is None:  # no lock (functools.cached_property holds one per class on 3.11): a race builds twice
+            assert self.parts is not None
+            built = self.__dict__["features"] = self._checked(
+                type(self)._build(self.parts.query, self.parts.items, self.parts.context)
+            )
+        return built
+
+    @property
+    def feature_dim(self) -> int:
+        """F, without building the features."""
+        if "features" in self.__dict__ or self.parts is None:
+            return int(self.features.shape[-1])
+        return (2 + int(np.shape(self.parts.context)[-1])) * int(np.shape(self.parts.items)[-1]) + 1
+
+    def _checked(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, init=False)
-class Candidates:
+class Candidates(_DeferredFeatures):
     """The K candidates of one decision.
 
     Parameters
@@ -98,6 +129,10 @@ class Candidates:
     item_ids: np.ndarray | None
     creator_ids: np.ndarray | None
     parts: FeatureParts | None
+
+    @staticmethod
+    def _build(query: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
+        return build_features(query, items, context)
 
     def __init__(
         self,
@@ -148,17 +183,6 @@ class Candidates:
         """
         return cls(None, emerging, item_ids, creator_ids, FeatureParts.of(query, items, context))
 
-    @property
-    def features(self) -> np.ndarray:
-        """The K-by-F features (built from the parts on first use when they were not given)."""
-        built: np.ndarray | None = self.__dict__.get("features")
-        if built is None:  # no lock (functools.cached_property holds one per class on 3.11): a race builds twice
-            assert self.parts is not None
-            built = self.__dict__["features"] = self._checked(
-                build_features(self.parts.query, self.parts.items, self.parts.context)
-            )
-        return built
-
     def _checked(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2 or f.shape[0] == 0:
@@ -168,20 +192,13 @@ class Candidates:
         return f
 
     @property
-    def feature_dim(self) -> int:
-        """F, without building the features."""
-        if "features" in self.__dict__ or self.parts is None:
-            return int(self.features.shape[1])
-        return (2 + len(self.parts.context)) * int(np.shape(self.parts.items)[1]) + 1
-
-    @property
     def count(self) -> int:
         """Number of candidates K."""
         return int(self.emerging.shape[0])
 
 
 @dataclass(frozen=True, init=False)
-class CandidateBatch:
+class CandidateBatch(_DeferredFeatures):
     """The candidates of n decisions, padded to a common K.
 
     Parameters
@@ -205,6 +222,10 @@ class CandidateBatch:
     item_ids: np.ndarray | None
     creator_ids: np.ndarray | None
     parts: FeatureParts | None
+
+    @staticmethod
+    def _build(query: np.ndarray, items: np.ndarray, context: np.ndarray) -> np.ndarray:
+        return build_features_batch(query, items, context)
 
     def __init__(
         self,
@@ -260,17 +281,6 @@ class CandidateBatch:
         """Build a batch from its parts (n-by-d queries, n-by-K-by-d items, n-by-C context), features deferred."""
         return cls(None, valid, emerging, item_ids, creator_ids, FeatureParts.of(queries, items, context))
 
-    @property
-    def features(self) -> np.ndarray:
-        """The n-by-K-by-F features (built from the parts on first use when they were not given)."""
-        built: np.ndarray | None = self.__dict__.get("features")
-        if built is None:  # as Candidates.features
-            assert self.parts is not None
-            built = self.__dict__["features"] = self._checked(
-                build_features_batch(self.parts.query, self.parts.items, self.parts.context)
-            )
-        return built
-
     def _checked(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 3 or f.shape[:2] != self.valid.shape:
@@ -278,13 +288,6 @@ class CandidateBatch:
         if not np.isfinite(f).all():
             raise ValueError("features must be finite")
         return f
-
-    @property
-    def feature_dim(self) -> int:
-        """F, without building the features."""
-        if "features" in self.__dict__ or self.parts is None:
-            return int(self.features.shape[2])
-        return (2 + int(np.shape(self.parts.context)[1])) * int(np.shape(self.parts.items)[2]) + 1
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
