@@ -108,6 +108,8 @@ class LoadReport:
     rewards: int
     reward_errors: dict[str, int]
     server_cpu_s_per_request: float | None
+    #: CPU seconds per request of the background process (``scout worker``: joiner, learner, exporter), if known.
+    background_cpu_s_per_request: float | None = None
     latencies_ms: list[float] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -217,8 +219,11 @@ async def run_load(
     item_ids: Sequence[str],
     server_pid: int | None = None,
     progress: Callable[[float], None] | None = None,
+    background_pid: int | None = None,
 ) -> LoadReport:
     """Send ``spec``'s load to ``target`` and measure it; ``server_pid`` adds the server's CPU per request.
+
+    ``background_pid`` (the ``scout worker`` process) adds its CPU per request too.
 
     ``progress`` is called about ten times a second with the fraction of the run done.
     """
@@ -233,13 +238,13 @@ async def run_load(
         start = time.perf_counter()
         recorder = _Recorder(start + spec.warmup_s, start + spec.warmup_s + spec.duration_s)
         end = recorder.measure_to
-        cpu: dict[str, float | None] = {}
+        cpu: dict[str, tuple[float | None, float | None]] = {}
 
         async def mark_cpu() -> None:
             await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
-            cpu["from"] = _cpu_seconds(server_pid)
+            cpu["from"] = (_cpu_seconds(server_pid), _cpu_seconds(background_pid))
             await asyncio.sleep(max(0.0, end - time.perf_counter()))
-            cpu["to"] = _cpu_seconds(server_pid)
+            cpu["to"] = (_cpu_seconds(server_pid), _cpu_seconds(background_pid))
 
         async def report_progress() -> None:
             while time.perf_counter() < end:
@@ -274,9 +279,11 @@ async def run_load(
         await asyncio.gather(*helpers)
     latencies = np.asarray(recorder.latencies)
     requests = sum(recorder.codes.values())
-    used = None
-    if cpu.get("from") is not None and cpu.get("to") is not None and requests:
-        used = (float(cpu["to"]) - float(cpu["from"])) / requests  # type: ignore[arg-type]
+    used: list[float | None] = [None, None]  # server, background
+    for k in (0, 1):
+        before, after = cpu.get("from", (None, None))[k], cpu.get("to", (None, None))[k]
+        if before is not None and after is not None and requests:
+            used[k] = (after - before) / requests
     return LoadReport(
         target=target,
         mode="closed" if spec.rate is None else "open",
@@ -290,7 +297,8 @@ async def run_load(
         latency_ms=_percentiles(latencies),
         rewards=sum(recorder.reward_codes.values()),
         reward_errors={code: n for code, n in recorder.reward_codes.items() if code != "OK"},
-        server_cpu_s_per_request=used,
+        server_cpu_s_per_request=used[0],
+        background_cpu_s_per_request=used[1],
         latencies_ms=recorder.latencies,
     )
 
@@ -381,7 +389,7 @@ def wait_serving(
 def scout_processes(config: Path | None, index: Path | None, workdir: Path) -> Any:
     """Start Redis, ``scout serve --no-background`` and ``scout worker`` (background work in its own process).
 
-    Yields ``(target, serve_pid)``; everything is stopped on exit.
+    Yields ``(target, serve_pid, worker_pid)``; everything is stopped on exit.
     """
     from server.redis_server import RedisProcess
 
@@ -395,7 +403,7 @@ def scout_processes(config: Path | None, index: Path | None, workdir: Path) -> A
         processes.append(subprocess.Popen([*scout, "serve", *common, "--port", str(port), "--no-background"], env=env))
         processes.append(subprocess.Popen([*scout, "worker", *common], env=env))
         wait_serving(f"127.0.0.1:{port}", "scout.v1.Recommender", timeout_s=300, process=processes[0])
-        yield f"127.0.0.1:{port}", processes[0].pid
+        yield f"127.0.0.1:{port}", processes[0].pid, processes[1].pid
     finally:
         for process in processes:
             process.terminate()
@@ -429,8 +437,12 @@ def compare(
     server_pid: int | None = None,
     with_echo: bool = True,
     progress: bool = True,
+    background_pid: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every spec against the echo (same response size) and then against ``target``; ratios per level."""
+    """Run every spec against the echo (same response size) and then against ``target``; ratios per level.
+
+    ``server_pid`` and ``background_pid`` (the ``scout worker``) add their CPU per Scout request.
+    """
     from tqdm import tqdm
 
     results: list[dict[str, Any]] = []
@@ -439,8 +451,10 @@ def compare(
         echo = stack.enter_context(echo_process(response)) if with_echo else None
         for spec in specs:
             level: dict[str, Any] = {"level": level_name(spec), "response_bytes": len(response)}
-            runs = ([("echo", *echo)] if echo is not None else []) + [("scout", target, server_pid)]
-            for name, address, pid in runs:
+            runs = ([("echo", *echo, None)] if echo is not None else []) + [
+                ("scout", target, server_pid, background_pid)
+            ]
+            for name, address, pid, background in runs:
                 with tqdm(
                     total=100,
                     desc=f"{level['level']} {name}",
@@ -452,7 +466,7 @@ def compare(
                     def tick(fraction: float, bar: Any = bar) -> None:
                         bar.update(int(fraction * 100) - bar.n)
 
-                    report = asyncio.run(run_load(address, spec, item_ids, pid, tick))
+                    report = asyncio.run(run_load(address, spec, item_ids, pid, tick, background))
                 level[name] = report
             if echo is not None:
                 scout_report, echo_report = level["scout"], level["echo"]
@@ -468,17 +482,20 @@ def compare(
 def table(results: Sequence[dict[str, Any]]) -> str:
     """A terminal table: one row per level and server, then the ratios."""
     rows = [f"{'level':>6} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'cpu ms/req':>10} errors"]  # fmt: skip
+            f"{'cpu ms/req':>10} {'bg ms/req':>9} errors"]  # fmt: skip
     for level in results:
         for name in ("echo", "scout"):
             if name not in level:
                 continue
             r: LoadReport = level[name]
-            cpu = "-" if r.server_cpu_s_per_request is None else f"{r.server_cpu_s_per_request * 1000:.2f}"
+            cpu, bg = (
+                "-" if used is None else f"{used * 1000:.2f}"
+                for used in (r.server_cpu_s_per_request, r.background_cpu_s_per_request)
+            )
             lat = r.latency_ms
             rows.append(
                 f"{level['level']:>6} {name:>6} {r.throughput:9.1f} {lat['p50']:8.2f} {lat['p90']:8.2f} "
-                f"{lat['p99']:8.2f} {lat['p99.9']:9.2f} {cpu:>10} {dict(r.errors) or 0}"
+                f"{lat['p99']:8.2f} {lat['p99.9']:9.2f} {cpu:>10} {bg:>9} {dict(r.errors) or 0}"
             )
         if "ratios" in level:
             ratios = level["ratios"]

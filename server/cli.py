@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--target", help="HOST:PORT of a running Scout server (default: start one)")
     bench.add_argument("--server-pid", type=int, help="with --target: the server's pid, for CPU per request")
+    bench.add_argument("--worker-pid", type=int, help="with --target: the scout worker's pid, for its CPU per request")
     bench.add_argument("--config", type=Path, help="TOML settings for the started server")
     bench.add_argument("--index", type=Path, help="index artifact (or versions root) the requests draw seeds from")
     bench.add_argument("--concurrency", type=int, nargs="*", default=[1, 16], help="closed-loop levels (default 1 16)")
@@ -675,14 +676,14 @@ def _bench(args: argparse.Namespace) -> None:
         raise ValueError("give at least one --concurrency or --rate level")
     item_ids = bench.catalog_item_ids(index)
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
-        servers: contextlib.AbstractContextManager[tuple[str, int | None]]
+        servers: contextlib.AbstractContextManager[tuple[str, int | None, int | None]]
         if args.target is None:
             log.info("starting Redis, scout serve and scout worker (index %s)", index)
             servers = bench.scout_processes(args.config, args.index, Path(workdir))
         else:
-            servers = contextlib.nullcontext((args.target, args.server_pid))
-        with servers as (target, pid):
-            results = bench.compare(target, specs, item_ids, pid, not args.no_echo, not args.no_progress)
+            servers = contextlib.nullcontext((args.target, args.server_pid, args.worker_pid))
+        with servers as (target, pid, worker):
+            results = bench.compare(target, specs, item_ids, pid, not args.no_echo, not args.no_progress, worker)
     print(bench.table(results))
     for path in bench.save(results, args.out, bench.machine()):
         print(f"wrote {path}")

@@ -1,6 +1,7 @@
 """The load generator against a real server on port 0 and a real echo process."""
 
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,8 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
         bench.LoadSpec(**{**base.__dict__, "concurrency": 3}),
         bench.LoadSpec(**{**base.__dict__, "rate": 50.0}),
     ]
-    results = bench.compare(scout.target, specs, item_ids, progress=False)
+    # The server runs in this process: it stands in for both the serving and the background process here.
+    results = bench.compare(scout.target, specs, item_ids, os.getpid(), progress=False, background_pid=os.getpid())
     assert [level["level"] for level in results] == ["c1", "c3", "r50"]
     for level in results:
         for name in ("echo", "scout"):
@@ -27,6 +29,8 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
             assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"]
             assert report.throughput == pytest.approx(report.ok / report.duration_s)
         assert level["scout"].rewards > 0 and level["scout"].reward_errors == {}
+        assert level["scout"].server_cpu_s_per_request > 0 and level["scout"].background_cpu_s_per_request > 0
+        assert level["echo"].background_cpu_s_per_request is None
         assert level["ratios"]["p50"] > 0 and level["ratios"]["throughput"] > 0
     open_loop = results[2]["scout"]
     assert open_loop.mode == "open" and abs(open_loop.requests - 30) <= 2  # the schedule, not the answers, sets it
@@ -39,7 +43,7 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
     assert saved["levels"][1]["scout"]["concurrency"] == 3 and "latencies_ms" not in saved["levels"][1]["scout"]
     assert written[1].suffix == ".png" and written[1].stat().st_size > 0
     assert written[2].name == "bench-throughput.png" and written[2].stat().st_size > 0
-    assert "ratio" in bench.table(results)
+    assert "ratio" in bench.table(results) and "bg ms/req" in bench.table(results)
 
 
 def test_errors_are_counted_by_status_code(scout, index_dir) -> None:
