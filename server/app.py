@@ -18,7 +18,7 @@ from server.admin import AdminService
 from server.config_reloader import ConfigReloader
 from server.indexes import IndexVersions, versions_root
 from server.learner import Learner, Refresher, refresh_policies
-from server.loops import Loop, process_identity, sleep_until
+from server.loops import Loop, freeze_heap, process_identity, sleep_until
 from server.metrics import Metrics, RpcMetrics
 from server.pb import scout_pb2
 from server.recommender import PolicyBook, Recommender
@@ -241,5 +241,6 @@ async def start_server(
     if background:
         running.background = start_background(store, settings, versions, stop, identity=identity)
     running.health_task = asyncio.create_task(_watch_health(running, health_servicer))
+    freeze_heap()  # the index and everything loaded so far lives as long as the server
     log.info("scout listening on %s:%d (index %s, redis %s)", settings.server.host, port, index.version, url)
     return running

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from embeddings.index import CURRENT, ArtifactError, IndexArtifact
+from server.loops import freeze_heap
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class IndexVersions:
             previous = self._current
             self._current = artifact
             self._remember(previous)
+        freeze_heap()
 
     def get(self, version: str) -> IndexArtifact | None:
         """The artifact of ``version``, loaded from the root when needed; None (logged once) when unavailable."""
@@ -76,6 +78,7 @@ class IndexVersions:
             return None
         with self._lock:
             self._remember(artifact)
+        freeze_heap()
         return artifact
 
     def _remember(self, artifact: IndexArtifact) -> None:

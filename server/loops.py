@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -31,6 +32,17 @@ async def sleep_until(stop: asyncio.Event, seconds: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def freeze_heap() -> None:
+    """Put every object alive now out of the cyclic garbage collector's reach (:func:`gc.freeze`).
+
+    A process that has loaded an index holds millions of references (its id arrays and lookups). Each full
+    collection walked them all, about 27 ms at 1M items, on whichever thread happened to allocate: py-spy put the
+    collector at 18% of the serving event loop's busy time under load. Frozen objects are still freed by reference
+    counting when dropped; call this after loading long-lived state.
+    """
+    gc.freeze()
 
 
 def process_identity() -> str:

@@ -18,7 +18,7 @@ from server.exporter import Exporter, decision_dataset, late_dataset
 from server.indexes import IndexVersions, versions_root
 from server.joiner import Joiner
 from server.learner import Learner
-from server.loops import Loop, process_identity
+from server.loops import Loop, freeze_heap, process_identity
 from server.recommender import PolicyBook
 from server.settings import Settings
 from server.store import Store, settings_store
@@ -84,6 +84,7 @@ def start_background(
             bg.loops.append(Loop(f"late-exporter{suffix}", late.step, stop, final=late.final))
     for loop in bg.loops:
         loop.start()
+    freeze_heap()  # the index lives as long as the process
     log.info("background %s started as %s", ", ".join(roles), name)
     return bg
 
