@@ -217,9 +217,9 @@ class Store:
         """The shard a decision's keys live in."""
         return 0 if self.shards == 1 else zlib.crc32(event_id.encode()) % self.shards
 
-    def pending_key(self, event_id: str) -> str:
-        """Key of a decision waiting for its window to close."""
-        return f"{self._tags[self.shard_of(event_id)]}:pending:{event_id}"
+    def pending_key(self, event_id: str, shard: int | None = None) -> str:
+        """Key of a decision waiting for its window to close (``shard``: its shard, when already known)."""
+        return f"{self._tags[self.shard_of(event_id) if shard is None else shard]}:pending:{event_id}"
 
     def closed_key(self, event_id: str) -> str:
         """Key of a joined decision's served items and late rewards."""
@@ -268,7 +268,7 @@ class Store:
             keys = [self.due_keys[shard], self.decision_keys[shard]]
             args: list[Any] = [stream_maxlen, ttl_ms]
             for k in members:
-                keys.append(f"{self._tags[shard]}:pending:{entries[k].event_id}")
+                keys.append(self.pending_key(entries[k].event_id, shard))
                 args += entries[k].args
             await self._record(keys=keys, args=args)
 
