@@ -657,6 +657,9 @@ def _bench(args: argparse.Namespace) -> None:
     from server import bench
     from server.settings import load_settings
 
+    for option, pid in (("--server-pid", args.server_pid), ("--worker-pid", args.worker_pid)):
+        if pid is not None and (args.target is None or pid <= 0):
+            raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
     settings = load_settings(args.config)
     index = args.index if args.index is not None else settings.index
     experiment = settings.experiment_for(args.surface)

@@ -59,3 +59,19 @@ def test_bad_specs_are_refused() -> None:
         bench.LoadSpec(rate=-1.0)
     with pytest.raises(ValueError, match="reward_share"):
         bench.LoadSpec(reward_share=2.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--target", "127.0.0.1:1", "--worker-pid", "-5"],
+        ["--worker-pid", "12"],
+        ["--target", "x:1", "--server-pid", "0"],
+    ],
+)
+def test_bad_process_ids_are_refused_naming_the_option(argv, caplog) -> None:
+    from server.cli import main
+
+    assert main(["bench", *argv]) == 2
+    option = "--worker-pid" if "--worker-pid" in argv else "--server-pid"
+    assert f"{option} must be a positive process id, given with --target" in caplog.text
