@@ -153,12 +153,16 @@ def limit_native_threads(threads: int = 1) -> None:
     spins and wakes: on 2 busy cores, LinUCB scoring of 200 candidates took 7 ms with the default pools and
     0.3 ms with one thread, and the spinning threads took the cores from the decide threads and the event loop.
     Parallelism comes from the decide threads (``server.decide_threads``) and from ``--workers`` instead.
+    ``scout worker`` caps its pools too: its learner's default pool of 2 OpenBLAS threads took 0.17 cores at
+    c16 (more than the learner thread itself) from the serving process on the same 2 cores.
     """
     import faiss
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(threads)
     faiss.omp_set_num_threads(threads)
+    pools = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info())
+    log.info("native thread pools (BLAS, OpenMP): %s; FAISS %d", pools, faiss.omp_get_max_threads())
 
 
 async def start_server(

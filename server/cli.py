@@ -448,6 +448,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
+    from server.app import limit_native_threads
     from server.settings import Settings, load_settings
     from server.worker import ROLES, run_worker
 
@@ -457,6 +458,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     settings = load()
     roles = tuple(role for role in ROLES if getattr(args, role)) or ROLES
+    limit_native_threads()  # it shares the cores with serving processes, as they share them with it
 
     async def work() -> None:
         stop = asyncio.Event()

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -411,6 +412,11 @@ def test_separate_worker_processes_and_a_worker_killed(index_dir: Path, tmp_path
     client = redis.Redis.from_url(url)
     traffic = Traffic([serve.target], seed=15)
     try:
+        for worker in workers:  # pools capped as the serving process's are (2 spinning OpenBLAS threads took cores)
+            pools = re.search(r"native thread pools \(BLAS, OpenMP\): (.+); FAISS (\d+)", worker.log.read_text())
+            assert pools is not None, worker.log.read_text()[-2000:]
+            sizes = [int(pool.rsplit(" ", 1)[1]) for pool in pools.group(1).split(", ")] + [int(pools.group(2))]
+            assert all(n == 1 for n in sizes), pools.group(0)
         time.sleep(2.0)
         before = versions(client)
         workers[0].kill()  # its buffered entries are claimed by the other worker, its lease taken over
