@@ -1,9 +1,9 @@
 """Load generator (``scout bench``): Recommend/Reward load against Scout and, in the same run, a bare gRPC echo.
 
 The echo is the floor: a ``scout.v1.Recommender`` server in its own process, built the same way as Scout's
-(``grpc.aio``, one process), that parses each request and answers a canned response of exactly the size Scout
-answered. Comparing Scout with it in the same run, on the same machine and under the same load, gives ratios that
-survive a busy machine better than absolute times do.
+(``grpc.aio``, one process, or as many as Scout's serving processes sharing one port), that parses each request and
+answers a canned response of exactly the size Scout answered. Comparing Scout with it in the same run, on the
+same machine and under the same load, gives ratios that survive a busy machine better than absolute times do.
 
 Two ways to drive load, both with warm-up and a fixed duration:
 
@@ -39,6 +39,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.pb import scout_pb2, scout_pb2_grpc
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+#: Most client channels (TCP connections) one load run opens.
+MAX_CHANNELS = 256
+#: Most serving (and echo) processes ``scout bench`` starts.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class LoadSpec:
         Bearer token sent as ``authorization`` metadata, if the server wants one.
     timeout_s
         Deadline of each call.
+    channels
+        Client channels, each its own TCP connection, that the callers (or the open loop's requests) take in turn.
+        A server of several processes sharing a port (``scout serve --workers``, ``SO_REUSEPORT``) gets each
+        connection in one process, so it needs several to spread the load.
     """
 
     concurrency: int = 1
@@ -77,10 +85,13 @@ class LoadSpec:
     seed: int = 0
     token: str | None = None
     timeout_s: float = 5.0
+    channels: int = 1
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if not 1 <= self.channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be in 1..{MAX_CHANNELS}, got {self.channels}")
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"rate must be a positive number of requests per second, got {self.rate}")
         if self.duration_s <= 0 or self.warmup_s < 0:
@@ -203,25 +214,27 @@ async def _call(
             recorder.reward_codes[reward_code] += 1
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return None
-    return float(times.user + times.system)
+def _cpu_seconds(pids: Sequence[int]) -> float | None:
+    """CPU seconds used so far by all of ``pids``; None when there are none or one cannot be read."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        total += times.user + times.system
+    return total if pids else None
 
 
 async def run_load(
     target: str,
     spec: LoadSpec,
     item_ids: Sequence[str],
-    server_pid: int | None = None,
+    server_pids: Sequence[int] = (),
     progress: Callable[[float], None] | None = None,
     background_pid: int | None = None,
 ) -> LoadReport:
-    """Send ``spec``'s load to ``target`` and measure it; ``server_pid`` adds the server's CPU per request.
+    """Send ``spec``'s load to ``target`` and measure it; ``server_pids`` add the serving processes' CPU per request.
 
     ``background_pid`` (the ``scout worker`` process) adds its CPU per request too.
 
@@ -231,10 +244,15 @@ async def run_load(
     rng = np.random.default_rng(spec.seed + 1)
     rewarded = rng.random(len(pool)) < spec.reward_share
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = scout_pb2_grpc.RecommenderStub(channel)
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+    # a local subchannel pool per channel: channels to one target would otherwise share one connection
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(target, options=options))
+            for _ in range(spec.channels)
+        ]
+        stubs = [scout_pb2_grpc.RecommenderStub(channel) for channel in channels]
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), timeout=30)
         start = time.perf_counter()
         recorder = _Recorder(start + spec.warmup_s, start + spec.warmup_s + spec.duration_s)
         end = recorder.measure_to
@@ -242,9 +260,10 @@ async def run_load(
 
         async def mark_cpu() -> None:
             await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
-            cpu["from"] = (_cpu_seconds(server_pid), _cpu_seconds(background_pid))
+            background = () if background_pid is None else (background_pid,)
+            cpu["from"] = (_cpu_seconds(server_pids), _cpu_seconds(background))
             await asyncio.sleep(max(0.0, end - time.perf_counter()))
-            cpu["to"] = (_cpu_seconds(server_pid), _cpu_seconds(background_pid))
+            cpu["to"] = (_cpu_seconds(server_pids), _cpu_seconds(background))
 
         async def report_progress() -> None:
             while time.perf_counter() < end:
@@ -256,7 +275,7 @@ async def run_load(
         if spec.rate is None:
 
             async def caller(offset: int) -> None:
-                k = offset
+                k, stub = offset, stubs[offset % len(stubs)]
                 while (now := time.perf_counter()) < end:
                     i = k % len(pool)
                     await _call(stub, pool[i], spec, metadata, recorder, now, bool(rewarded[i]))
@@ -271,6 +290,7 @@ async def run_load(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 i = k % len(pool)
+                stub = stubs[k % len(stubs)]
                 task = asyncio.create_task(_call(stub, pool[i], spec, metadata, recorder, intended, bool(rewarded[i])))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
@@ -322,8 +342,11 @@ class EchoService(scout_pb2_grpc.RecommenderServicer):
 
 
 async def serve_echo(response: bytes, port: int) -> None:
-    """Serve the echo on 127.0.0.1:``port`` until cancelled (the process is killed by its parent)."""
-    server = grpc.aio.server()
+    """Serve the echo on 127.0.0.1:``port`` until cancelled (the process is killed by its parent).
+
+    The port is bound with ``SO_REUSEPORT``, so that several echo processes share it as Scout's do.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     scout_pb2_grpc.add_RecommenderServicer_to_server(
         EchoService(scout_pb2.RecommendResponse.FromString(response)), server
     )
@@ -341,19 +364,58 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def echo_process(response: bytes) -> Any:
-    """Run the echo server in its own process; yields ``(target, pid)``."""
+def echo_process(response: bytes, workers: int = 1) -> Any:
+    """Run the echo server in ``workers`` processes sharing one port; yields ``(target, pids)``."""
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
         f.write(response)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "server.bench", f.name, str(port)])
+    processes = []
     try:
-        wait_serving(f"127.0.0.1:{port}", service=None, timeout_s=30, process=process)
-        yield f"127.0.0.1:{port}", process.pid
+        for _ in range(workers):
+            processes.append(subprocess.Popen([sys.executable, "-m", "server.bench", f.name, str(port)]))
+        wait_listening(processes, port, timeout_s=30)
+        wait_serving(f"127.0.0.1:{port}", service=None, timeout_s=30, process=processes[0])
+        yield f"127.0.0.1:{port}", tuple(p.pid for p in processes)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        _stop(processes, timeout_s=10)
         os.unlink(f.name)
+
+
+def wait_listening(processes: Sequence[subprocess.Popen[Any]], port: int, timeout_s: float) -> None:
+    """Wait until every process listens on ``port`` (one that exits first raises ``RuntimeError``).
+
+    Processes sharing a port (``SO_REUSEPORT``) cannot be told apart through it: a health check reaches whichever
+    the kernel picks, so each process's own listening socket is what says it is up.
+    """
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        while not any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in _connections(process.pid)
+        ):
+            if process.poll() is not None:
+                raise RuntimeError(f"process {process.pid} exited with {process.returncode} before listening on {port}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {process.pid} was not listening on port {port} after {timeout_s:g} s")
+            time.sleep(0.1)
+
+
+def _connections(pid: int) -> list[Any]:
+    try:
+        return list(psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return []
+
+
+def _stop(processes: Sequence[subprocess.Popen[Any]], timeout_s: float) -> None:
+    """SIGTERM every process, then wait for each (killing one that outlives ``timeout_s``)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_serving(
@@ -386,10 +448,11 @@ def wait_serving(
 
 
 @contextlib.contextmanager
-def scout_processes(config: Path | None, index: Path | None, workdir: Path) -> Any:
-    """Start Redis, ``scout serve --no-background`` and ``scout worker`` (background work in its own process).
+def scout_processes(config: Path | None, index: Path | None, workdir: Path, workers: int = 1) -> Any:
+    """Start Redis, ``workers`` processes of ``scout serve --no-background`` and one ``scout worker``.
 
-    Yields ``(target, serve_pid, worker_pid)``; everything is stopped on exit.
+    Several serving processes share one port (``--reuse-port``), as ``scout serve --workers`` runs them. Yields
+    ``(target, serve_pids, worker_pid)`` once every serving process listens; everything is stopped on exit.
     """
     from server.redis_server import RedisProcess
 
@@ -397,21 +460,18 @@ def scout_processes(config: Path | None, index: Path | None, workdir: Path) -> A
     env = dict(os.environ, SCOUT_REDIS_URL=redis_process.url, SCOUT_LOG_DIR=str(workdir / "logs"))
     common = [*(["--config", str(config)] if config else []), *(["--index", str(index)] if index else [])]
     scout = [sys.executable, "-m", "server.cli", "--log-level", "WARNING"]
-    port = free_port()
-    processes = []
+    serve = [*scout, "serve", *common, "--port", str(port := free_port()), "--no-background"]
+    serving: list[subprocess.Popen[Any]] = []
+    worker: list[subprocess.Popen[Any]] = []
     try:
-        processes.append(subprocess.Popen([*scout, "serve", *common, "--port", str(port), "--no-background"], env=env))
-        processes.append(subprocess.Popen([*scout, "worker", *common], env=env))
-        wait_serving(f"127.0.0.1:{port}", "scout.v1.Recommender", timeout_s=300, process=processes[0])
-        yield f"127.0.0.1:{port}", processes[0].pid, processes[1].pid
+        for _ in range(workers):
+            serving.append(subprocess.Popen([*serve, *(["--reuse-port"] if workers > 1 else [])], env=env))
+        worker.append(subprocess.Popen([*scout, "worker", *common], env=env))
+        wait_listening(serving, port, timeout_s=300)
+        wait_serving(f"127.0.0.1:{port}", "scout.v1.Recommender", timeout_s=300, process=serving[0])
+        yield f"127.0.0.1:{port}", tuple(p.pid for p in serving), worker[0].pid
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop([*serving, *worker], timeout_s=30)
         redis_process.stop()
 
 
@@ -434,27 +494,35 @@ def compare(
     target: str,
     specs: Sequence[LoadSpec],
     item_ids: Sequence[str],
-    server_pid: int | None = None,
+    server_pids: Sequence[int] = (),
     with_echo: bool = True,
     progress: bool = True,
     background_pid: int | None = None,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every spec against the echo (same response size) and then against ``target``; ratios per level.
 
-    ``server_pid`` and ``background_pid`` (the ``scout worker``) add their CPU per Scout request.
+    ``server_pids`` (the serving processes) and ``background_pid`` (the ``scout worker``) add their CPU per Scout
+    request. The echo runs in ``workers`` processes sharing its port: the same setup as a Scout of that many
+    serving processes.
     """
     from tqdm import tqdm
 
     results: list[dict[str, Any]] = []
     response = sample_response(target, specs[0], item_ids)
     with contextlib.ExitStack() as stack:
-        echo = stack.enter_context(echo_process(response)) if with_echo else None
+        echo = stack.enter_context(echo_process(response, workers)) if with_echo else None
         for spec in specs:
-            level: dict[str, Any] = {"level": level_name(spec), "response_bytes": len(response)}
+            level: dict[str, Any] = {
+                "level": level_name(spec),
+                "response_bytes": len(response),
+                "workers": workers,
+                "channels": spec.channels,
+            }
             runs = ([("echo", *echo, None)] if echo is not None else []) + [
-                ("scout", target, server_pid, background_pid)
+                ("scout", target, server_pids, background_pid)
             ]
-            for name, address, pid, background in runs:
+            for name, address, pids, background in runs:
                 with tqdm(
                     total=100,
                     desc=f"{level['level']} {name}",
@@ -466,7 +534,7 @@ def compare(
                     def tick(fraction: float, bar: Any = bar) -> None:
                         bar.update(int(fraction * 100) - bar.n)
 
-                    report = asyncio.run(run_load(address, spec, item_ids, pid, tick, background))
+                    report = asyncio.run(run_load(address, spec, item_ids, pids, tick, background))
                 level[name] = report
             if echo is not None:
                 scout_report, echo_report = level["scout"], level["echo"]

@@ -159,11 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Closed-loop (--concurrency) and open-loop (--rate) Recommend/Reward load against Scout and, in "
         "the same run, against a bare gRPC echo server answering responses of the same size: p50/p90/p99/p99.9, "
         "throughput, errors by status code, server CPU per request, and Scout/echo ratios. Without --target it "
-        "starts its own Redis, `scout serve --no-background` and `scout worker` from --config/--index. Saves JSON "
-        "and a latency-CDF plot.",
+        "starts its own Redis, `scout serve --no-background` (--workers processes of it on one port) and `scout "
+        "worker` from --config/--index. Saves JSON and latency-CDF and throughput plots.",
     )
     bench.add_argument("--target", help="HOST:PORT of a running Scout server (default: start one)")
-    bench.add_argument("--server-pid", type=int, help="with --target: the server's pid, for CPU per request")
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        nargs="+",
+        help="with --target: the serving processes' pids (each one of a --workers server), for CPU per request",
+    )
     bench.add_argument("--worker-pid", type=int, help="with --target: the scout worker's pid, for its CPU per request")
     bench.add_argument("--config", type=Path, help="TOML settings for the started server")
     bench.add_argument("--index", type=Path, help="index artifact (or versions root) the requests draw seeds from")
@@ -176,6 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--reward-share", type=float, default=0.0, help="rewards sent per Recommend, 0..1")
     bench.add_argument("--token", help="bearer token, if the server wants one")
     bench.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes sharing the port, as scout serve --workers runs them: started so (or, with --target, "
+        "as the target runs), and the echo gets as many (default 1)",
+    )
+    bench.add_argument(
+        "--channels",
+        type=int,
+        help="client channels (TCP connections) the load is spread over (default 1, or 4 per worker with --workers: "
+        "the kernel gives each connection to one process)",
+    )
     bench.add_argument("--no-echo", action="store_true", help="skip the echo floor")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results/bench.json"), help="JSON (PNG next to it)")
@@ -659,9 +677,13 @@ def _bench(args: argparse.Namespace) -> None:
     from server import bench
     from server.settings import load_settings
 
-    for option, pid in (("--server-pid", args.server_pid), ("--worker-pid", args.worker_pid)):
-        if pid is not None and (args.target is None or pid <= 0):
-            raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
+    for option, pids in (("--server-pid", args.server_pid or []), ("--worker-pid", [args.worker_pid])):
+        for pid in pids:
+            if pid is not None and (args.target is None or pid <= 0):
+                raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
+    if not 1 <= args.workers <= bench.MAX_WORKERS:
+        raise ValueError(f"--workers must be in 1..{bench.MAX_WORKERS}, got {args.workers}")
+    channels = args.channels if args.channels is not None else 1 if args.workers == 1 else 4 * args.workers
     settings = load_settings(args.config)
     index = args.index if args.index is not None else settings.index
     experiment = settings.experiment_for(args.surface)
@@ -675,20 +697,23 @@ def _bench(args: argparse.Namespace) -> None:
         context_keys=context_keys,
         seed=args.seed,
         token=args.token,
+        channels=channels,
     )
     specs = [replace(base, concurrency=c) for c in args.concurrency] + [replace(base, rate=r) for r in args.rate]
     if not specs:
         raise ValueError("give at least one --concurrency or --rate level")
     item_ids = bench.catalog_item_ids(index)
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
-        servers: contextlib.AbstractContextManager[tuple[str, int | None, int | None]]
+        servers: contextlib.AbstractContextManager[tuple[str, tuple[int, ...], int | None]]
         if args.target is None:
-            log.info("starting Redis, scout serve and scout worker (index %s)", index)
-            servers = bench.scout_processes(args.config, args.index, Path(workdir))
+            log.info("starting Redis, %d scout serve and scout worker (index %s)", args.workers, index)
+            servers = bench.scout_processes(args.config, args.index, Path(workdir), args.workers)
         else:
-            servers = contextlib.nullcontext((args.target, args.server_pid, args.worker_pid))
-        with servers as (target, pid, worker):
-            results = bench.compare(target, specs, item_ids, pid, not args.no_echo, not args.no_progress, worker)
+            servers = contextlib.nullcontext((args.target, tuple(args.server_pid or ()), args.worker_pid))
+        with servers as (target, pids, worker):
+            results = bench.compare(
+                target, specs, item_ids, pids, not args.no_echo, not args.no_progress, worker, args.workers
+            )
     print(bench.table(results))
     for path in bench.save(results, args.out, bench.machine()):
         print(f"wrote {path}")

@@ -1,5 +1,6 @@
 """The load generator against a real server on port 0 and a real echo process."""
 
+import asyncio
 import json
 import os
 
@@ -19,8 +20,9 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
         bench.LoadSpec(**{**base.__dict__, "rate": 50.0}),
     ]
     # The server runs in this process: it stands in for both the serving and the background process here.
-    results = bench.compare(scout.target, specs, item_ids, os.getpid(), progress=False, background_pid=os.getpid())
+    results = bench.compare(scout.target, specs, item_ids, (os.getpid(),), progress=False, background_pid=os.getpid())
     assert [level["level"] for level in results] == ["c1", "c3", "r50"]
+    assert all(level["workers"] == 1 and level["channels"] == 1 for level in results)
     for level in results:
         for name in ("echo", "scout"):
             report = level[name]
@@ -48,13 +50,44 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
 
 def test_errors_are_counted_by_status_code(scout, index_dir) -> None:
     spec = bench.LoadSpec(duration_s=0.5, warmup_s=0.0, surface="attic", context_keys=())
-    report = __import__("asyncio").run(bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir)))
+    report = asyncio.run(bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir)))
     assert report.ok == 0 and set(report.errors) == {"NOT_FOUND"} and report.errors["NOT_FOUND"] == report.requests
+
+
+def _cpu(pids) -> list[float]:
+    return [bench._cpu_seconds([pid]) or 0.0 for pid in pids]
+
+
+def test_several_processes_on_one_port_each_take_load_over_several_channels(index_dir, tmp_path) -> None:
+    """``scout bench --workers 2``: two serving processes and two echo processes, each given a share of the calls."""
+    from server.settings import load_settings
+
+    item_ids = bench.catalog_item_ids(index_dir)
+    keys = load_settings(None).experiment_for("home").context_keys
+    # 16 connections over 2 processes: all on one has probability 2**-15
+    spec = bench.LoadSpec(concurrency=8, duration_s=1.5, warmup_s=0.3, channels=16, context_keys=keys)
+    with bench.scout_processes(None, index_dir, tmp_path, workers=2) as (target, pids, worker):
+        assert len(set(pids)) == 2 and worker not in pids
+        response = bench.sample_response(target, spec, item_ids)
+        before = _cpu(pids)
+        report = asyncio.run(bench.run_load(target, spec, item_ids, pids, background_pid=worker))
+        used = [after - b for after, b in zip(_cpu(pids), before, strict=True)]
+    assert report.requests > 0 and report.ok == report.requests, report.errors
+    assert min(used) > 0.1, f"CPU seconds of each serving process under load: {used}"
+    assert report.server_cpu_s_per_request == pytest.approx(sum(used) / report.requests, rel=0.5)
+    with bench.echo_process(response, workers=2) as (target, pids):
+        before = _cpu(pids)
+        report = asyncio.run(bench.run_load(target, spec, item_ids, pids))
+        used = [after - b for after, b in zip(_cpu(pids), before, strict=True)]
+    assert len(set(pids)) == 2 and report.ok == report.requests > 0
+    assert min(used) > 0.05, f"CPU seconds of each echo process under load: {used}"
 
 
 def test_bad_specs_are_refused() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         bench.LoadSpec(concurrency=0)
+    with pytest.raises(ValueError, match="channels"):
+        bench.LoadSpec(channels=0)
     with pytest.raises(ValueError, match="rate"):
         bench.LoadSpec(rate=-1.0)
     with pytest.raises(ValueError, match="reward_share"):
@@ -67,6 +100,7 @@ def test_bad_specs_are_refused() -> None:
         ["--target", "127.0.0.1:1", "--worker-pid", "-5"],
         ["--worker-pid", "12"],
         ["--target", "x:1", "--server-pid", "0"],
+        ["--target", "x:1", "--server-pid", "12", "-3"],
     ],
 )
 def test_bad_process_ids_are_refused_naming_the_option(argv, caplog) -> None:
@@ -75,3 +109,10 @@ def test_bad_process_ids_are_refused_naming_the_option(argv, caplog) -> None:
     assert main(["bench", *argv]) == 2
     option = "--worker-pid" if "--worker-pid" in argv else "--server-pid"
     assert f"{option} must be a positive process id, given with --target" in caplog.text
+
+
+def test_bad_worker_counts_are_refused_naming_the_option(caplog) -> None:
+    from server.cli import main
+
+    assert main(["bench", "--workers", "0"]) == 2
+    assert "--workers must be in 1..64, got 0" in caplog.text
