@@ -68,9 +68,10 @@ class LoadSpec:
     timeout_s
         Deadline of each call.
     channels
-        Client channels, each its own TCP connection, that the callers (or the open loop's requests) take in turn.
-        A server of several processes sharing a port (``scout serve --workers``, ``SO_REUSEPORT``) gets each
-        connection in one process, so it needs several to spread the load.
+        Client channels, each its own TCP connection, that the callers (or the open loop's requests) take in turn;
+        in a closed loop, channels beyond ``concurrency`` stay idle. A server of several processes sharing a port
+        (``scout serve --workers``, ``SO_REUSEPORT``) gets each connection in one process, so it needs several to
+        spread the load.
     """
 
     concurrency: int = 1
@@ -385,7 +386,8 @@ def wait_listening(processes: Sequence[subprocess.Popen[Any]], port: int, timeou
     """Wait until every process listens on ``port`` (one that exits first raises ``RuntimeError``).
 
     Processes sharing a port (``SO_REUSEPORT``) cannot be told apart through it: a health check reaches whichever
-    the kernel picks, so each process's own listening socket is what says it is up.
+    the kernel picks. A process binds its socket once it has loaded its index, just before it starts serving, and
+    connections that reach it in between wait in its accept queue.
     """
     deadline = time.monotonic() + timeout_s
     for process in processes:

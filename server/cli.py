@@ -185,18 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="serving processes sharing the port, as scout serve --workers runs them: started so (or, with --target, "
-        "as the target runs), and the echo gets as many (default 1)",
+        help="serving processes sharing one port, as scout serve --workers runs them (default 1): without --target, "
+        "started so; with --target, how many the target runs (then --server-pid names each). The echo gets as many",
     )
     bench.add_argument(
         "--channels",
         type=int,
         help="client channels (TCP connections) the load is spread over (default 1, or 4 per worker with --workers: "
-        "the kernel gives each connection to one process)",
+        "the kernel gives each connection to one process); in a closed loop, channels beyond --concurrency stay idle",
     )
     bench.add_argument("--no-echo", action="store_true", help="skip the echo floor")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    bench.add_argument("--out", type=Path, default=Path("benchmarks/results/bench.json"), help="JSON (PNG next to it)")
+    bench.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/bench.json"), help="JSON (and two PNG plots next to it)"
+    )
 
     worker = commands.add_parser(
         "worker",
@@ -683,6 +685,13 @@ def _bench(args: argparse.Namespace) -> None:
                 raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
     if not 1 <= args.workers <= bench.MAX_WORKERS:
         raise ValueError(f"--workers must be in 1..{bench.MAX_WORKERS}, got {args.workers}")
+    if args.server_pid and len(args.server_pid) != args.workers:
+        raise ValueError(
+            f"--server-pid names {len(args.server_pid)} processes, --workers says the target runs {args.workers}: "
+            "give every serving process's pid (not the pid of a scout serve --workers parent)"
+        )
+    if args.channels is not None and not 1 <= args.channels <= bench.MAX_CHANNELS:
+        raise ValueError(f"--channels must be in 1..{bench.MAX_CHANNELS}, got {args.channels}")
     channels = args.channels if args.channels is not None else 1 if args.workers == 1 else 4 * args.workers
     settings = load_settings(args.config)
     index = args.index if args.index is not None else settings.index

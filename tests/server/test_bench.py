@@ -64,8 +64,8 @@ def test_several_processes_on_one_port_each_take_load_over_several_channels(inde
 
     item_ids = bench.catalog_item_ids(index_dir)
     keys = load_settings(None).experiment_for("home").context_keys
-    # 16 connections over 2 processes: all on one has probability 2**-15
-    spec = bench.LoadSpec(concurrency=8, duration_s=1.5, warmup_s=0.3, channels=16, context_keys=keys)
+    # 16 callers on 16 connections over 2 processes: all on one process has probability 2**-15
+    spec = bench.LoadSpec(concurrency=16, duration_s=1.5, warmup_s=0.3, channels=16, context_keys=keys)
     with bench.scout_processes(None, index_dir, tmp_path, workers=2) as (target, pids, worker):
         assert len(set(pids)) == 2 and worker not in pids
         response = bench.sample_response(target, spec, item_ids)
@@ -80,7 +80,17 @@ def test_several_processes_on_one_port_each_take_load_over_several_channels(inde
         report = asyncio.run(bench.run_load(target, spec, item_ids, pids))
         used = [after - b for after, b in zip(_cpu(pids), before, strict=True)]
     assert len(set(pids)) == 2 and report.ok == report.requests > 0
-    assert min(used) > 0.05, f"CPU seconds of each echo process under load: {used}"
+    assert min(used) > 0.02, f"CPU seconds of each echo process under load: {used}"
+
+
+def test_cpu_seconds_sum_every_process() -> None:
+    me = os.getpid()
+    one, two = bench._cpu_seconds([me]), bench._cpu_seconds([me, me])
+    assert one is not None and two is not None and two == pytest.approx(2 * one, rel=0.05)
+    assert bench._cpu_seconds([]) is None
+    gone = __import__("subprocess").Popen(["true"])
+    gone.wait()
+    assert bench._cpu_seconds([me, gone.pid]) is None  # a process that cannot be read: no figure, not a wrong one
 
 
 def test_bad_specs_are_refused() -> None:
@@ -111,8 +121,16 @@ def test_bad_process_ids_are_refused_naming_the_option(argv, caplog) -> None:
     assert f"{option} must be a positive process id, given with --target" in caplog.text
 
 
-def test_bad_worker_counts_are_refused_naming_the_option(caplog) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "--workers must be in 1..64, got 0"),
+        (["--channels", "0"], "--channels must be in 1..256, got 0"),
+        (["--target", "x:1", "--workers", "2", "--server-pid", "12"], "--server-pid names 1 processes, --workers says"),
+    ],
+)
+def test_bad_worker_and_channel_counts_are_refused_naming_the_option(argv, message, caplog) -> None:
     from server.cli import main
 
-    assert main(["bench", "--workers", "0"]) == 2
-    assert "--workers must be in 1..64, got 0" in caplog.text
+    assert main(["bench", *argv]) == 2
+    assert message in caplog.text
