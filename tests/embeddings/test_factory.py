@@ -27,6 +27,7 @@ VECTORS = clustered(6000, 32, seed=1)
     [
         (IndexConfig(index_type="flat", recall_k=50), None),
         (IndexConfig(index_type="ivf_flat", nlist=64, recall_k=50), "nprobe"),
+        (IndexConfig(index_type="ivf_flat", nlist=64, recall_k=50, fp16=True), "nprobe"),
         (IndexConfig(index_type="ivf_pq", nlist=64, pq_m=8, pq_bits=6, recall_k=50, target_recall=0.5), "nprobe"),
         (IndexConfig(index_type="hnsw", hnsw_m=16, recall_k=50), "ef_search"),
     ],
@@ -50,6 +51,26 @@ def test_each_index_type_reaches_its_tuned_recall_and_records_it(config: IndexCo
     if config.index_type.startswith("ivf"):
         assert info["build"]["nlist"] == 64 and info["build"]["train_size"] == min(6000, 64 * 64)
         assert info["build"]["gpu"] is (faiss.get_num_gpus() > 0)
+
+
+def test_fp16_ivf_keeps_half_the_bytes_and_the_recall_of_float32(tmp_path: Path) -> None:
+    wide, narrow = (IndexConfig(index_type="ivf_flat", nlist=32, nprobe=8, fp16=fp16) for fp16 in (False, True))
+    (full, full_info), (half, half_info) = build_index(VECTORS, wide), build_index(VECTORS, narrow)
+    assert isinstance(faiss.downcast_index(half), faiss.IndexIVFScalarQuantizer)
+    assert (full_info["build"]["storage"], half_info["build"]["storage"]) == ("float32", "float16")
+    sizes = [len(faiss.serialize_index(index)) for index in (full, half)]
+    assert sizes[1] < 0.6 * sizes[0], sizes
+    assert abs(half_info["recall"]["value"] - full_info["recall"]["value"]) <= 0.01
+    # the artifact reloads it and searches the same; scores within fp16 rounding of the float32 ones
+    artifact = IndexArtifact.build(catalog_of(len(VECTORS)), VECTORS, b"", narrow)
+    artifact.save(tmp_path)
+    loaded = IndexArtifact.load(tmp_path)
+    queries = VECTORS[:20]
+    for q in queries:
+        np.testing.assert_array_equal(loaded.search(q, 20).positions, artifact.search(q, 20).positions)
+    scores_full = full.search(queries, 5, params=search_parameters(full, full_info["params"]))[0]
+    scores_half = half.search(queries, 5, params=search_parameters(half, half_info["params"]))[0]
+    np.testing.assert_allclose(scores_half, scores_full, atol=2e-3)
 
 
 def test_auto_is_exact_for_small_catalogs_and_ivf_at_scale() -> None:
@@ -170,6 +191,8 @@ def test_pq_bits_are_checked_against_faiss_and_the_training_sample() -> None:
 
 
 def test_rerank_is_for_ivf_pq_only() -> None:
+    with pytest.raises(ValueError, match="fp16 applies to index_type ivf_flat only, got 'auto'"):
+        IndexConfig(fp16=True)
     with pytest.raises(ValueError, match="rerank applies to index_type ivf_pq only, got 'hnsw'"):
         IndexConfig(index_type="hnsw", rerank=4)
     with pytest.raises(ValueError, match=r"rerank must be 0 \(off\) or positive, got -1"):

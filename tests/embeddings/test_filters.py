@@ -13,12 +13,13 @@ VECTORS = clustered(6000, 32, seed=1)
 TYPES = [
     IndexConfig(index_type="flat"),
     IndexConfig(index_type="ivf_flat", nlist=32, nprobe=32),
+    IndexConfig(index_type="ivf_flat", nlist=32, nprobe=32, fp16=True),
     IndexConfig(index_type="hnsw", hnsw_m=16, ef_search=400),
 ]
 
 
 @pytest.mark.parametrize("strategy", ["selector", "overfetch"])
-@pytest.mark.parametrize("config", TYPES, ids=lambda c: c.index_type)
+@pytest.mark.parametrize("config", TYPES, ids=lambda c: c.index_type + "_fp16" * c.fp16)
 def test_exclusions_and_availability_keep_exact_results(config: IndexConfig, strategy: str) -> None:
     vectors = VECTORS[:3000]
     artifact = IndexArtifact.build(catalog_of(3000), vectors, b"", config)
@@ -35,7 +36,7 @@ def test_exclusions_and_availability_keep_exact_results(config: IndexConfig, str
         assert len(set(restricted) & set(truth)) >= 19
 
 
-@pytest.mark.parametrize("config", TYPES, ids=lambda c: c.index_type)
+@pytest.mark.parametrize("config", TYPES, ids=lambda c: c.index_type + "_fp16" * c.fp16)
 def test_add_and_remove_keep_the_id_map(config: IndexConfig, tmp_path: Path) -> None:
     artifact = IndexArtifact.build(catalog_of(2000), VECTORS[:2000], b"", config)
     first = artifact.version
