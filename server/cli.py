@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "--index-type",
         choices=("auto", "flat", "ivf_flat", "ivf_pq", "hnsw"),
         default="auto",
-        help="FAISS index (default auto: flat below 50k items, else IVF-Flat with nprobe tuned to the target recall)",
+        help="FAISS index (default auto: flat below 50k items, else IVF-Flat with fp16 lists and nprobe tuned to the "
+        "target recall)",
     )
     build.add_argument("--nlist", type=int, help="IVF lists (default 4*sqrt(N) as a power of two)")
     build.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned)")
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--fp16",
         action="store_true",
-        help="IVF-Flat: keep the vectors as 16-bit floats (half the memory, faster scans at about the same recall)",
+        help="with --index-type ivf_flat: keep the vectors as 16-bit floats (half the memory, faster scans at "
+        "about the same recall; auto does so already)",
     )
     build.add_argument("--m", type=int, default=32, help="HNSW graph degree (default 32)")
     build.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam (default 40)")

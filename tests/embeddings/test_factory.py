@@ -79,6 +79,18 @@ def test_auto_is_exact_for_small_catalogs_and_ivf_at_scale() -> None:
     assert default_nlist(1_000_000) == 4096 and default_nlist(100) == 2
 
 
+def test_auto_builds_its_ivf_flat_in_fp16_and_explicit_ivf_flat_in_float32() -> None:
+    auto, auto_info = build_index(VECTORS, IndexConfig(flat_below=1000, nlist=32, nprobe=8))
+    assert isinstance(faiss.downcast_index(auto), faiss.IndexIVFScalarQuantizer)
+    assert faiss.downcast_index(auto).code_size == 2 * VECTORS.shape[1]  # bytes per vector in the lists
+    assert (auto_info["index_type"], auto_info["build"]["storage"]) == ("ivf_flat", "float16")
+    plain, plain_info = build_index(VECTORS, IndexConfig(index_type="ivf_flat", nlist=32, nprobe=8))
+    assert isinstance(faiss.downcast_index(plain), faiss.IndexIVFFlat)
+    assert plain_info["build"]["storage"] == "float32"
+    _, small_info = build_index(VECTORS[:500], IndexConfig(nlist=4))
+    assert small_info["index_type"] == "flat" and "storage" not in small_info["build"]
+
+
 def test_bad_configs_name_the_argument() -> None:
     with pytest.raises(ValueError, match="index_type must be one of"):
         IndexConfig(index_type="annoy")
