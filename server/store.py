@@ -66,11 +66,14 @@ return #KEYS - 2
 """
 
 _UNRECORD = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[1])
-  return 1
+local withdrawn = 0
+for i = 1, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('DEL', KEYS[i + 1])
+    withdrawn = withdrawn + 1
+  end
 end
-return 0
+return withdrawn
 """
 
 _REWARD = """
@@ -291,8 +294,21 @@ class Store:
 
     async def unrecord_decision(self, event_id: str) -> bool:
         """Withdraw a decision that was never delivered (not yet joined); True when it was withdrawn."""
-        due = self.due_keys[self.shard_of(event_id)]
-        return bool(await self._unrecord(keys=[self.pending_key(event_id), due], args=[event_id]))
+        return await self.unrecord_decisions([event_id]) == 1
+
+    async def unrecord_decisions(self, event_ids: Sequence[str]) -> int:
+        """Withdraw decisions never delivered (those stored and not yet joined), one Redis call per shard.
+
+        Returns how many were withdrawn.
+        """
+        by_shard: dict[int, list[str]] = {}
+        for event_id in event_ids:
+            by_shard.setdefault(self.shard_of(event_id), []).append(event_id)
+        withdrawn = 0
+        for shard, ids in by_shard.items():
+            keys = [self.due_keys[shard], *(self.pending_key(i, shard) for i in ids)]
+            withdrawn += int(await self._unrecord(keys=keys, args=ids))
+        return withdrawn
 
     async def record_reward(
         self, event_id: str, item_id: str, value: float, late_maxlen: int = 100000, reward_id: str = ""

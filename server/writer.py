@@ -4,21 +4,32 @@ At concurrency 1 a decision is written alone, at once, as before. Under load, th
 in flight wait for it and then go in one Redis call per shard (up to ``max_batch``), so the event loop and Redis
 pay one round trip for many decisions instead of one each. Every decision is still stored before its caller
 answers: :meth:`DecisionWriter.write` returns only after its own decision is stored.
+
+A batch whose call was lost or timed out may still have been stored (Redis can run the script and lose the reply),
+while its callers answer UNAVAILABLE. Those decisions were never delivered, so the writer withdraws them in the
+background once Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
 import redis
 
-from server.store import DecisionEntry, Store
+from server.store import DecisionEntry, Store, now_ms
 
 log = logging.getLogger(__name__)
 #: Most decisions one batch stores.
 MAX_BATCH = 128
+#: Decisions of a lost or timed-out call are withdrawn until their window closes, and for at least this long.
+UNSURE_RETRY_MS = 60_000
+#: Most such decisions kept for withdrawal (those beyond it stay as they are: logged or not, unrewarded).
+MAX_UNSURE = 100_000
+#: Most of them withdrawn per Redis call (and shard).
+UNSURE_BATCH = 256
 _Waiting = tuple[DecisionEntry, asyncio.Future[None]]
 
 
@@ -42,6 +53,9 @@ class DecisionWriter:
         self._waiting: list[_Waiting] = []
         self._task: asyncio.Task[None] | None = None
         self._withdrawals: set[asyncio.Task[None]] = set()
+        #: Decisions whose call was lost or timed out: event id -> when to stop trying to withdraw it (epoch ms).
+        self._unsure: dict[str, int] = {}
+        self._unsure_task: asyncio.Task[None] | None = None
         #: Batches written and the decisions they stored (batch size = ``decisions / batches``).
         self.batches = 0
         self.decisions = 0
@@ -64,10 +78,25 @@ class DecisionWriter:
                 self._withdraw(entry.event_id)  # stored just before the cancellation reached this caller
             raise
 
-    async def close(self) -> None:
-        """Wait for the batch in flight and for pending withdrawals (the server is stopping)."""
+    async def close(self, unsure_wait_s: float = 2.0) -> None:
+        """Wait for the batch in flight and for pending withdrawals (the server is stopping).
+
+        Decisions of a lost call get ``unsure_wait_s`` to be withdrawn; those left are named in a warning.
+        """
         pending = [t for t in (self._task, *self._withdrawals) if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
+        if self._unsure_task is not None and not self._unsure_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._unsure_task), unsure_wait_s)
+            except TimeoutError:
+                self._unsure_task.cancel()
+                left = list(self._unsure)
+                log.warning(
+                    "stopping with %d decisions of lost Redis calls not withdrawn (logged if Redis ran the call), "
+                    "e.g. %s",
+                    len(left),
+                    ", ".join(left[:5]),
+                )
 
     async def _drain(self) -> None:
         """Write the waiting decisions, a batch at a time, until none wait."""
@@ -94,6 +123,7 @@ class DecisionWriter:
                         future.set_exception(error)
                     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
                         unreachable = error
+                        self._withdraw_unsure(entry)  # stored or not: its caller fails, so it must not stay
                 batch = []
                 if unreachable is not None:  # fail fast: the waiting would each wait out another timeout
                     self._fail([], unreachable)
@@ -115,6 +145,49 @@ class DecisionWriter:
         task = asyncio.get_running_loop().create_task(self._unrecord(event_id))
         self._withdrawals.add(task)
         task.add_done_callback(self._withdrawals.discard)
+
+    def _withdraw_unsure(self, entry: DecisionEntry) -> None:
+        """Withdraw, once Redis answers, a decision whose call was lost: it may have been stored."""
+        if len(self._unsure) >= MAX_UNSURE:
+            log.warning("too many decisions of lost Redis calls to withdraw; %s may stay logged", entry.event_id)
+            return
+        self._unsure[entry.event_id] = max(int(entry.args[2]), now_ms() + UNSURE_RETRY_MS)
+        if self._unsure_task is None or self._unsure_task.done():
+            self._unsure_task = asyncio.get_running_loop().create_task(self._withdraw_unsure_loop())
+
+    async def _withdraw_unsure_loop(self) -> None:
+        """Withdraw the unsure decisions, a batch at a time, backing off (to 2 s) while Redis does not answer."""
+        delay, done, expired = 0.05, 0, 0
+        while self._unsure:
+            now = now_ms()
+            batch = []
+            for event_id, until_ms in list(itertools.islice(self._unsure.items(), UNSURE_BATCH)):
+                if now > until_ms:
+                    expired += 1
+                    del self._unsure[event_id]
+                else:
+                    batch.append(event_id)
+            if not batch:
+                continue
+            try:
+                await self.store.unrecord_decisions(batch)  # those not stored (or withdrawn already) are skipped
+            except (redis.ConnectionError, redis.TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            except Exception:  # not an outage: retrying would not help
+                log.exception("could not withdraw %d decisions of lost Redis calls", len(batch))
+            else:
+                done += len(batch)
+            delay = 0.05
+            for event_id in batch:
+                self._unsure.pop(event_id, None)
+        log.warning(
+            "lost Redis calls: %d of their decisions are withdrawn (if Redis had stored them); gave up on %d (their "
+            "windows closed before Redis answered)",
+            done,
+            expired,
+        )
 
     async def _unrecord(self, event_id: str) -> None:
         try:

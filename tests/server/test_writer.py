@@ -1,5 +1,6 @@
 """Group commit of decisions on a real redis-server: concurrent decisions share Redis calls and are each stored
-once; a caller cancelled while waiting has its decision withdrawn; a failing Redis fails every waiter, none hangs."""
+once; a caller cancelled while waiting has its decision withdrawn; a failing Redis fails every waiter, none hangs,
+and a decision Redis stored after its call timed out is withdrawn."""
 
 from __future__ import annotations
 
@@ -102,7 +103,9 @@ def test_an_unreachable_redis_fails_every_waiter_and_the_writer_recovers(
             asyncio.gather(*(writer.write(r, due) for r in records), return_exceptions=True), timeout=10
         )
         writer.store = Store(aioredis.Redis.from_url(clean_redis))  # Redis is back
-        second = await asyncio.gather(*(writer.write(r, due) for r in records), return_exceptions=True)
+        retried = [dict(r, event_id=r["event_id"][:-4] + "beef") for r in records]  # the clients' new decisions
+        second = await asyncio.gather(*(writer.write(r, due) for r in retried), return_exceptions=True)
+        await writer.close()  # the failed calls' decisions are withdrawn (none was stored); the new ones stay
         assert int(await writer.store.client.zcard(writer.store.due_keys[0])) == 5
         await dead.client.aclose()
         await writer.store.client.aclose()
@@ -116,13 +119,14 @@ def test_an_unreachable_redis_fails_every_waiter_and_the_writer_recovers(
 def test_a_stalled_redis_fails_the_waiting_callers_at_once_not_a_timeout_each(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
 ) -> None:
-    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 13)
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 14)
 
-    async def scenario() -> tuple[list[BaseException | None], DecisionWriter, bool]:
+    async def scenario() -> tuple[list[BaseException | None], DecisionWriter, list[bool], int]:
         store = Store(aioredis.Redis.from_url(clean_redis, socket_timeout=0.3))
         other = aioredis.Redis.from_url(clean_redis)
         writer = DecisionWriter(store, stream_maxlen=0, ttl_s=600, max_batch=4)
         due = int(time.time() * 1000) + 60_000
+        await writer.write(records[13], due)  # Redis knows the script: a call it receives, it runs
         spin = asyncio.create_task(other.eval(_SPIN, 0, 1500))  # Redis stalls for 1.5 s
         await asyncio.sleep(0.05)
         first = asyncio.create_task(writer.write(records[0], due))
@@ -130,13 +134,38 @@ def test_a_stalled_redis_fails_the_waiting_callers_at_once_not_a_timeout_each(
         outcomes = await asyncio.gather(first, *(writer.write(r, due) for r in records[1:12]), return_exceptions=True)
         await spin
         await writer.write(records[12], due)  # Redis is back
-        stored = bool(await store.client.exists(store.pending_key(records[12]["event_id"])))
+        await writer.close()
+        stored = [bool(await store.client.exists(store.pending_key(r["event_id"]))) for r in (records[0], records[12])]
+        due_entries = int(await store.client.zcard(store.due_keys[0]))
         await store.client.aclose()
         await other.aclose()
-        return outcomes, writer, stored
+        return outcomes, writer, stored, due_entries
 
-    outcomes, writer, stored = asyncio.run(scenario())
+    outcomes, writer, stored, due_entries = asyncio.run(scenario())
     assert all(isinstance(outcome, redis.TimeoutError) for outcome in outcomes), outcomes
     # One batch timed out; the 11 waiting behind it failed with it instead of waiting out three more timeouts.
-    assert (writer.batches, writer.decisions) == (2, 2)
-    assert stored
+    assert (writer.batches, writer.decisions) == (3, 3)
+    # Redis ran the timed-out batch once it was free, after its caller had failed: that decision was withdrawn.
+    assert stored == [False, True] and due_entries == 2
+
+
+def test_unrecord_decisions_withdraws_stored_ones_across_shards_in_one_call_each(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 12)
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        store = Store(aioredis.Redis.from_url(clean_redis), shards=4)
+        writer = DecisionWriter(store, stream_maxlen=0, ttl_s=600)
+        due = int(time.time() * 1000) + 60_000
+        await asyncio.gather(*(writer.write(r, due) for r in records))
+        ids = [r["event_id"] for r in records]
+        withdrawn = await store.unrecord_decisions([*ids[:8], "never-stored", ids[0]])
+        again = await store.unrecord_decisions(ids[:8])
+        left = [int(await store.client.exists(store.pending_key(i))) for i in ids]
+        await store.client.aclose()
+        return withdrawn, again, left
+
+    withdrawn, again, left = asyncio.run(scenario())
+    assert (withdrawn, again) == (8, 0)  # an unknown id and a repeat are skipped; withdrawing twice is a no-op
+    assert left == [0] * 8 + [1] * 4
