@@ -105,7 +105,10 @@ class IndexConfig:
         if self.rerank and self.index_type != "ivf_pq":
             raise ValueError(f"rerank applies to index_type ivf_pq only, got {self.index_type!r}")
         if self.fp16 and self.index_type != "ivf_flat":
-            raise ValueError(f"fp16 applies to index_type ivf_flat only, got {self.index_type!r}")
+            raise ValueError(
+                f"fp16 applies to index_type ivf_flat only, got {self.index_type!r} (auto builds its IVF-Flat "
+                "lists in fp16 already)"
+            )
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
 

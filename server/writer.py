@@ -5,9 +5,9 @@ in flight wait for it and then go in one Redis call per shard (up to ``max_batch
 pay one round trip for many decisions instead of one each. Every decision is still stored before its caller
 answers: :meth:`DecisionWriter.write` returns only after its own decision is stored.
 
-A batch whose call was lost or timed out may still have been stored (Redis can run the script and lose the reply),
-while its callers answer UNAVAILABLE. Those decisions were never delivered, so the writer withdraws them in the
-background once Redis answers again.
+Decisions stored but never delivered are withdrawn in the background, batched, retrying while Redis does not
+answer: those whose caller was cancelled after its batch was sent, and those of a call that was lost or timed out
+(Redis can run the script and lose the reply, or run it late after a stall) while its callers answer UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from server.store import DecisionEntry, Store, now_ms
 log = logging.getLogger(__name__)
 #: Most decisions one batch stores.
 MAX_BATCH = 128
-#: Decisions of a lost or timed-out call are withdrawn until their window closes, and for at least this long.
-UNSURE_RETRY_MS = 60_000
-#: Most such decisions kept for withdrawal (those beyond it stay as they are: logged or not, unrewarded).
-MAX_UNSURE = 100_000
+#: Undelivered decisions are withdrawn until their window closes, and for at least this long.
+WITHDRAW_RETRY_MS = 60_000
+#: Most decisions waiting to be withdrawn (those beyond it stay as they are: logged or not, unrewarded).
+MAX_WITHDRAWING = 100_000
 #: Most of them withdrawn per Redis call (and shard).
-UNSURE_BATCH = 256
+WITHDRAW_BATCH = 256
 _Waiting = tuple[DecisionEntry, asyncio.Future[None]]
 
 
@@ -52,10 +52,9 @@ class DecisionWriter:
         self.store, self.stream_maxlen, self.ttl_s, self.max_batch = store, stream_maxlen, ttl_s, max_batch
         self._waiting: list[_Waiting] = []
         self._task: asyncio.Task[None] | None = None
-        self._withdrawals: set[asyncio.Task[None]] = set()
-        #: Decisions whose call was lost or timed out: event id -> when to stop trying to withdraw it (epoch ms).
-        self._unsure: dict[str, int] = {}
-        self._unsure_task: asyncio.Task[None] | None = None
+        #: Undelivered decisions to withdraw: event id -> when to stop trying (epoch ms).
+        self._withdrawing: dict[str, int] = {}
+        self._withdraw_task: asyncio.Task[None] | None = None
         #: Batches written and the decisions they stored (batch size = ``decisions / batches``).
         self.batches = 0
         self.decisions = 0
@@ -75,25 +74,24 @@ class DecisionWriter:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
-                self._withdraw(entry.event_id)  # stored just before the cancellation reached this caller
+                self._withdraw(entry)  # stored just before the cancellation reached this caller
             raise
 
-    async def close(self, unsure_wait_s: float = 2.0) -> None:
-        """Wait for the batch in flight and for pending withdrawals (the server is stopping).
+    async def close(self, withdraw_wait_s: float = 2.0) -> None:
+        """Wait for the batch in flight, then up to ``withdraw_wait_s`` for pending withdrawals (the server stops).
 
-        Decisions of a lost call get ``unsure_wait_s`` to be withdrawn; those left are named in a warning.
+        Decisions still waiting to be withdrawn after that are named in a warning.
         """
-        pending = [t for t in (self._task, *self._withdrawals) if t is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self._unsure_task is not None and not self._unsure_task.done():
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._withdraw_task is not None and not self._withdraw_task.done():
             try:
-                await asyncio.wait_for(asyncio.shield(self._unsure_task), unsure_wait_s)
+                await asyncio.wait_for(asyncio.shield(self._withdraw_task), withdraw_wait_s)
             except TimeoutError:
-                self._unsure_task.cancel()
-                left = list(self._unsure)
+                self._withdraw_task.cancel()
+                left = list(self._withdrawing)
                 log.warning(
-                    "stopping with %d decisions of lost Redis calls not withdrawn (logged if Redis ran the call), "
-                    "e.g. %s",
+                    "stopping with %d undelivered decisions not withdrawn (logged if Redis stored them), e.g. %s",
                     len(left),
                     ", ".join(left[:5]),
                 )
@@ -116,14 +114,14 @@ class DecisionWriter:
                 for (entry, future), error in zip(batch, errors, strict=True):
                     if future.cancelled():
                         if error is None:
-                            self._withdraw(entry.event_id)
+                            self._withdraw(entry)
                     elif error is None:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
                     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
                         unreachable = error
-                        self._withdraw_unsure(entry)  # stored or not: its caller fails, so it must not stay
+                        self._withdraw(entry)  # stored or not: its caller fails, so it must not stay
                 batch = []
                 if unreachable is not None:  # fail fast: the waiting would each wait out another timeout
                     self._fail([], unreachable)
@@ -140,31 +138,25 @@ class DecisionWriter:
                 future.set_exception(error)
         self._waiting = []
 
-    def _withdraw(self, event_id: str) -> None:
-        """Withdraw a stored decision that was never delivered, in the background."""
-        task = asyncio.get_running_loop().create_task(self._unrecord(event_id))
-        self._withdrawals.add(task)
-        task.add_done_callback(self._withdrawals.discard)
-
-    def _withdraw_unsure(self, entry: DecisionEntry) -> None:
-        """Withdraw, once Redis answers, a decision whose call was lost: it may have been stored."""
-        if len(self._unsure) >= MAX_UNSURE:
-            log.warning("too many decisions of lost Redis calls to withdraw; %s may stay logged", entry.event_id)
+    def _withdraw(self, entry: DecisionEntry) -> None:
+        """Withdraw, in the background once Redis answers, a decision that may be stored but was never delivered."""
+        if len(self._withdrawing) >= MAX_WITHDRAWING:
+            log.warning("too many undelivered decisions to withdraw; %s may stay logged", entry.event_id)
             return
-        self._unsure[entry.event_id] = max(int(entry.args[2]), now_ms() + UNSURE_RETRY_MS)
-        if self._unsure_task is None or self._unsure_task.done():
-            self._unsure_task = asyncio.get_running_loop().create_task(self._withdraw_unsure_loop())
+        self._withdrawing[entry.event_id] = max(int(entry.args[2]), now_ms() + WITHDRAW_RETRY_MS)
+        if self._withdraw_task is None or self._withdraw_task.done():
+            self._withdraw_task = asyncio.get_running_loop().create_task(self._withdraw_loop())
 
-    async def _withdraw_unsure_loop(self) -> None:
-        """Withdraw the unsure decisions, a batch at a time, backing off (to 2 s) while Redis does not answer."""
-        delay, done, expired = 0.05, 0, 0
-        while self._unsure:
+    async def _withdraw_loop(self) -> None:
+        """Withdraw the waiting decisions, a batch at a time, backing off (to 2 s) while Redis does not answer."""
+        delay, expired = 0.05, 0
+        while self._withdrawing:
             now = now_ms()
             batch = []
-            for event_id, until_ms in list(itertools.islice(self._unsure.items(), UNSURE_BATCH)):
+            for event_id, until_ms in list(itertools.islice(self._withdrawing.items(), WITHDRAW_BATCH)):
                 if now > until_ms:
                     expired += 1
-                    del self._unsure[event_id]
+                    del self._withdrawing[event_id]
                 else:
                     batch.append(event_id)
             if not batch:
@@ -176,21 +168,11 @@ class DecisionWriter:
                 delay = min(2 * delay, 2.0)
                 continue
             except Exception:  # not an outage: retrying would not help
-                log.exception("could not withdraw %d decisions of lost Redis calls", len(batch))
-            else:
-                done += len(batch)
+                log.exception("could not withdraw %d undelivered decisions", len(batch))
             delay = 0.05
             for event_id in batch:
-                self._unsure.pop(event_id, None)
-        log.warning(
-            "lost Redis calls: %d of their decisions are withdrawn (if Redis had stored them); gave up on %d (their "
-            "windows closed before Redis answered)",
-            done,
-            expired,
-        )
-
-    async def _unrecord(self, event_id: str) -> None:
-        try:
-            await self.store.unrecord_decision(event_id)
-        except Exception as exc:  # it stays in the log, joined without rewards
-            log.warning("could not withdraw undelivered decision %s: %s", event_id, exc)
+                self._withdrawing.pop(event_id, None)
+        if expired:
+            log.warning(
+                "gave up withdrawing %d undelivered decisions: their windows closed before Redis answered", expired
+            )
