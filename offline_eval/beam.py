@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from offline_eval.base import RewardPredictions, SlateData
 from offline_eval.estimators import create_estimators
-from offline_eval.external_log import ExternalBatch, count_slots, log_files, read_file
+from offline_eval.external_log import ExternalBatch, count_slots, log_files, read_file, with_external_flags
 from offline_eval.reward_model import RidgeStatistics
 from offline_eval.streaming import predictions, ridge_add
 from offline_eval.summary import Evaluation, Summary
@@ -111,7 +111,7 @@ class SummaryCombineFn(beam.CombineFn):
 
     def extract_output(self, accumulator: Summary) -> Evaluation:
         """The evaluation."""
-        return accumulator.evaluation(self.level)
+        return with_external_flags(accumulator.evaluation(self.level))
 
 
 def _score(batch: ExternalBatch, theta: list[list[float]] | None, seed: int) -> tuple[Any, Any, int]:

@@ -32,7 +32,7 @@ the reward.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,29 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from offline_eval.base import LogError, SlateData
+from offline_eval.direct_method import DirectMethod
 from offline_eval.storage import list_files, open_file, open_stream
+from offline_eval.summary import Evaluation
 
 REQUIRED = ("action", "reward", "propensity")
 OPTIONAL = ("target_propensity", "round", "position", "candidates")
 CONTEXT_PREFIX = "x_"
+
+
+#: The flag of DM's estimate on external logs.
+ACTION_FREE_MODEL = (
+    "the logs give only the logged action's target probability, so the reward model cannot depend on the action: "
+    "DM does not see the target policy and estimates the logged rewards' mean"
+)
+
+
+def with_external_flags(evaluation: Evaluation) -> Evaluation:
+    """``evaluation`` of external logs with DM's estimate flagged (its model cannot see the target)."""
+    estimates = tuple(
+        replace(e, flags=(*e.flags, ACTION_FREE_MODEL)) if e.estimator == DirectMethod.name else e
+        for e in evaluation.estimates
+    )
+    return replace(evaluation, estimates=estimates)
 
 
 @dataclass(frozen=True)
@@ -145,17 +163,18 @@ def read_file(
     offset = 0
     for batch in _batches(file, wanted, batch_size):
         cols = _validate(file, batch, offset)
+        first_row = offset - (len(carry["reward"]) if carry is not None else 0)  # the file row of cols' first row
         offset += batch.num_rows
         if carry is not None:
             cols = {c: np.concatenate([carry[c], cols[c]]) for c in cols}
         cols, carry = _split_last_round(cols)
         if len(cols["reward"]):
-            data = _pivot(file, cols, features, slots)
+            data = _pivot(file, cols, features, slots, first_row)
             yield ExternalBatch(data, first_round, key)
             first_round += data.n
             key += 1
     if carry is not None and len(carry["reward"]):
-        data = _pivot(file, carry, features, slots)
+        data = _pivot(file, carry, features, slots, offset - len(carry["reward"]))
         yield ExternalBatch(data, first_round, key)
         first_round += data.n
         key += 1
@@ -229,8 +248,8 @@ def _split_last_round(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
     return {c: v[:start] for c, v in cols.items()}, {c: v[start:] for c, v in cols.items()}
 
 
-def _pivot(file: str, cols: dict[str, np.ndarray], features: list[str], slots: int) -> SlateData:
-    """Rows to rounds: n-by-S arrays (positions must be 0, 1, ... within a round)."""
+def _pivot(file: str, cols: dict[str, np.ndarray], features: list[str], slots: int, first_row: int) -> SlateData:
+    """Rows to rounds: n-by-S arrays (positions must be 0, 1, ... within a round); ``first_row``: the file's row."""
     rows = len(cols["reward"])
     if "round" not in cols and "position" not in cols:  # one action per round: no pivot needed
         context = np.stack([cols[f] for f in features], axis=1) if features else np.zeros((rows, 0))
@@ -262,10 +281,16 @@ def _pivot(file: str, cols: dict[str, np.ndarray], features: list[str], slots: i
     position = cols["position"].astype(np.int64) if "position" in cols else np.zeros(rows, dtype=np.int64)
     if (position != rank).any() or (position >= slots).any():
         row = int(np.argmax((position != rank) | (position >= slots)))
-        raise LogError(
-            f"{file}: column position: a row near {row} of the batch has position {position[row]}; a round's rows must "
-            f"hold positions 0, 1, ... in order, below {slots}"
-        )
+        if position[row] >= slots:
+            rule = f"positions must be below {slots}, the number of slots"
+        elif "round" not in cols:
+            rule = (
+                "without a round column every row is its own round, at position 0 (add a round column to group a "
+                "slate's rows, or give the position as a context column such as x_position)"
+            )
+        else:
+            rule = "a round's rows must hold positions 0, 1, ... (0-based), in order"
+        raise LogError(f"{file}: column position: row {first_row + row} has position {position[row]}; {rule}")
     n = int(group[-1]) + 1 if rows else 0
     mask = np.zeros((n, slots), dtype=bool)
     mask[group, position] = True

@@ -16,7 +16,7 @@ import numpy as np
 
 from offline_eval.base import Estimator, RewardPredictions, SlateData
 from offline_eval.estimators import create_estimators
-from offline_eval.external_log import ExternalBatch, count_slots, log_files, read_external
+from offline_eval.external_log import ExternalBatch, count_slots, log_files, read_external, with_external_flags
 from offline_eval.reward_model import RidgeStatistics, design, fold_of
 from offline_eval.summary import Evaluation, Summary
 
@@ -97,7 +97,7 @@ def evaluate_external(
         if progress is not None:
             progress(done)
     log.info("evaluated %d rounds from %d file(s)", done, len(files))
-    return summary.evaluation(level)
+    return with_external_flags(summary.evaluation(level))
 
 
 def in_memory(batches: list[ExternalBatch]) -> SlateData:

@@ -16,6 +16,12 @@ from offline_eval.base import Estimate, Estimator, RewardPredictions, SlateData,
 from offline_eval.diagnostics import Diagnostics, WeightSummary
 from offline_eval.statistics import Statistics, range_flags
 
+#: The flag of an interval of zero width.
+ZERO_WIDTH = (
+    "the interval has zero width: every decision it weighs contributed the same (for instance, not one nonzero "
+    "reward), so it shows no uncertainty, and a rare reward can go unseen in a small effective sample"
+)
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -115,5 +121,7 @@ class Summary:
             flags = list(range_flags(estimate.value, bounds))
             if diagnostics.deterministic_share > 0.5 or diagnostics.effective_sample_size < 10:
                 flags.append("too little exploration in the logs to trust this estimate")
+            if estimate.upper <= estimate.lower:
+                flags.append(ZERO_WIDTH)
             estimates.append(replace(estimate, flags=tuple(flags)))
         return Evaluation(tuple(estimates), diagnostics)

@@ -11,6 +11,7 @@ from test_external_log import to_rows
 
 from offline_eval.beam import evaluation_transform, main
 from offline_eval.estimators import create_estimators
+from offline_eval.external_log import ACTION_FREE_MODEL
 from offline_eval.streaming import evaluate_external
 
 
@@ -21,7 +22,7 @@ def test_direct_runner_equals_the_streaming_path(tmp_path: Path) -> None:
     pq.write_table(table.slice(0, cut), tmp_path / "part-0.parquet")
     pq.write_table(table.slice(cut), tmp_path / "part-1.parquet")
     files = sorted(tmp_path.glob("*.parquet"))
-    names = ["ips", "snips", "dr", "sndr", "slate_ips"]
+    names = ["ips", "snips", "dr", "sndr", "slate_ips", "dm"]
     expected = evaluate_external(tmp_path, create_estimators(names), batch_size=600, bootstrap=50, seed=3)
 
     def check(outputs: list) -> None:
@@ -31,6 +32,8 @@ def test_direct_runner_equals_the_streaming_path(tmp_path: Path) -> None:
             assert g.value == pytest.approx(e.value, rel=1e-9)
             assert g.lower == pytest.approx(e.lower, rel=1e-6) and g.upper == pytest.approx(e.upper, rel=1e-6)
             assert g.std_error == pytest.approx(e.std_error, rel=1e-6)
+            assert g.flags == e.flags
+        assert got.estimates[-1].flags == (ACTION_FREE_MODEL,)
         assert got.diagnostics.ess_per_slot == pytest.approx(expected.diagnostics.ess_per_slot)
 
     with beam.Pipeline("DirectRunner") as pipeline:

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from factorized_slates import SlateWorld, sample, slate_world
 
-from offline_eval.base import Terms
+from offline_eval.base import SlateData, Terms
 from offline_eval.estimators import create_estimators
 from offline_eval.evaluation import evaluate_data
 from offline_eval.statistics import Statistics, poisson_counts
+from offline_eval.summary import ZERO_WIDTH
 
 
 def test_poisson_counts_have_the_poisson_one_moments() -> None:
@@ -66,3 +67,22 @@ def test_a_thin_later_slot_is_warned_about_even_when_slot_zero_is_fine() -> None
     assert d.ess_per_slot[2] < 0.1 * d.served_per_slot[2]
     assert any(w.startswith("slot 2: effective sample size") for w in d.warnings)
     assert not any(w.startswith("slot 0:") for w in d.warnings)
+
+
+def test_an_interval_of_zero_width_is_flagged() -> None:
+    """No reward at all in a sparse-click log: every estimator says 0 with a [0, 0] interval, which is flagged."""
+    data = sample(slate_world(seed=19), 400, seed=20)
+    silent = SlateData(
+        data.logged_propensity,
+        data.target_propensity,
+        np.zeros_like(data.reward),
+        data.mask,
+        data.logged_features,
+        data.target_features,
+    )
+    names = ["ips", "snips", "dr", "replay"]
+    for e in evaluate_data(silent, create_estimators(names)).estimates:
+        assert (e.value, e.lower, e.upper) == (0.0, 0.0, 0.0), e
+        assert ZERO_WIDTH in e.flags, e
+    for e in evaluate_data(data, create_estimators(names)).estimates:
+        assert e.lower < e.upper and ZERO_WIDTH not in e.flags, e
