@@ -22,13 +22,15 @@ def small() -> SyntheticWorld:
 def test_reloaded_artifact_gives_identical_search_results(small: SyntheticWorld, tmp_path: Path) -> None:
     built = build_artifact(small.catalog, EncoderConfig(dim=16, seed=0))
     built.save(tmp_path)
-    loaded = IndexArtifact.load(tmp_path)
+    loaded = IndexArtifact.load(str(tmp_path))  # a str path works as a Path does
     assert loaded.version == built.version and loaded.manifest["index"]["recall"]["value"] == 1.0
     queries = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
     for q in queries:
         a, b = built.search(q, 25), loaded.search(q, 25)
         np.testing.assert_array_equal(a.positions, b.positions)
         np.testing.assert_array_equal(a.scores, b.scores)
+    assert loaded.creator_ids.tolist() == built.creator_ids.tolist()
+    assert len({id(c) for c in loaded.creator_ids}) == len(set(built.creator_ids.tolist())) == 40  # one str each
 
 
 def test_search_excludes_and_orders_by_similarity(small: SyntheticWorld) -> None:
