@@ -174,7 +174,12 @@ def main() -> None:
     min_time = 0.1 if args.quick else args.min_time
     rng = np.random.default_rng(0)
     result: dict = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "blas_threads": 1, "load_average": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "blas_threads": 1,
+            "load_average": os.getloadavg(),
+        },
         "candidates": args.candidates,
         "slate": args.slate,
         "rank": {},

@@ -42,8 +42,10 @@ import pyarrow.parquet as pq
 
 from offline_eval.base import LogError, SlateData
 from offline_eval.direct_method import DirectMethod
+from offline_eval.optimistic_shrinkage import OptimisticShrinkage
 from offline_eval.storage import list_files, open_file, open_stream
 from offline_eval.summary import Evaluation
+from offline_eval.switch_doubly_robust import SwitchDoublyRobust
 
 REQUIRED = ("action", "reward", "propensity")
 OPTIONAL = ("target_propensity", "round", "position", "candidates")
@@ -55,12 +57,23 @@ ACTION_FREE_MODEL = (
     "the logs give only the logged action's target probability, so the reward model cannot depend on the action: "
     "DM does not see the target policy and estimates the logged rewards' mean"
 )
+#: The flag of the estimators that lean on that model where the weights are large (SWITCH-DR, DR-OS).
+ACTION_FREE_FALLBACK = (
+    "the logs give only the logged action's target probability, so the reward model cannot depend on the action: "
+    "where this estimator trusts the model over large weights, it uses the logged rewards' mean (IPS, SNIPS, DR and "
+    "SNDR do not)"
+)
+_EXTERNAL_FLAGS = {
+    DirectMethod.name: ACTION_FREE_MODEL,
+    SwitchDoublyRobust.name: ACTION_FREE_FALLBACK,
+    OptimisticShrinkage.name: ACTION_FREE_FALLBACK,
+}
 
 
 def with_external_flags(evaluation: Evaluation) -> Evaluation:
-    """``evaluation`` of external logs with DM's estimate flagged (its model cannot see the target)."""
+    """``evaluation`` of external logs with the estimates that rely on the action-free reward model flagged."""
     estimates = tuple(
-        replace(e, flags=(*e.flags, ACTION_FREE_MODEL)) if e.estimator == DirectMethod.name else e
+        replace(e, flags=(*e.flags, _EXTERNAL_FLAGS[e.estimator])) if e.estimator in _EXTERNAL_FLAGS else e
         for e in evaluation.estimates
     )
     return replace(evaluation, estimates=estimates)
@@ -281,6 +294,11 @@ def _pivot(file: str, cols: dict[str, np.ndarray], features: list[str], slots: i
     position = cols["position"].astype(np.int64) if "position" in cols else np.zeros(rows, dtype=np.int64)
     if (position != rank).any() or (position >= slots).any():
         row = int(np.argmax((position != rank) | (position >= slots)))
+        if "position" not in cols:
+            raise LogError(
+                f"{file}: column round: row {first_row + row} continues a round, but there is no position column "
+                "(give each row of a round its position: 0, 1, ...)"
+            )
         if position[row] >= slots:
             rule = f"positions must be below {slots}, the number of slots"
         elif "round" not in cols:

@@ -8,6 +8,7 @@ bootstrap draws one set of counts per chunk and every estimator's replicates use
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,9 +19,21 @@ from offline_eval.statistics import Statistics, range_flags
 
 #: The flag of an interval of zero width.
 ZERO_WIDTH = (
-    "the interval has zero width: every decision it weighs contributed the same (for instance, not one nonzero "
-    "reward), so it shows no uncertainty, and a rare reward can go unseen in a small effective sample"
+    "the interval has zero width, so it shows no uncertainty: most often every decision it weighs contributed the "
+    "same (for instance, not one nonzero reward), and a rare reward can go unseen in a small effective sample"
 )
+#: An interval narrower than this share of the estimate's scale (float32 bootstrap sums round to ~1e-7) has zero width.
+ZERO_WIDTH_TOLERANCE = 1e-6
+
+
+def interval_flags(estimate: Estimate, bounds: tuple[float, float]) -> list[str]:
+    """Flags of an interval that is not finite or has zero width (relative to the estimate's and the rewards' scale)."""
+    if not (math.isfinite(estimate.lower) and math.isfinite(estimate.upper)):
+        return ["the interval is not finite (too few decisions to estimate its width)"]
+    scale = max(abs(estimate.value), abs(bounds[0]), abs(bounds[1]))
+    if estimate.upper - estimate.lower <= ZERO_WIDTH_TOLERANCE * scale:
+        return [ZERO_WIDTH]
+    return []
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,6 @@ class Summary:
             flags = list(range_flags(estimate.value, bounds))
             if diagnostics.deterministic_share > 0.5 or diagnostics.effective_sample_size < 10:
                 flags.append("too little exploration in the logs to trust this estimate")
-            if estimate.upper <= estimate.lower:
-                flags.append(ZERO_WIDTH)
+            flags += interval_flags(estimate, bounds)
             estimates.append(replace(estimate, flags=tuple(flags)))
         return Evaluation(tuple(estimates), diagnostics)

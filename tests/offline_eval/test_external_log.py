@@ -12,7 +12,7 @@ from factorized_slates import sample, slate_world
 from offline_eval.base import SlateData
 from offline_eval.estimators import create_estimators
 from offline_eval.evaluation import evaluate_data
-from offline_eval.external_log import ACTION_FREE_MODEL, read_external
+from offline_eval.external_log import ACTION_FREE_FALLBACK, ACTION_FREE_MODEL, read_external
 from offline_eval.logs import LogError
 from offline_eval.reward_model import cross_fit
 from offline_eval.streaming import evaluate_external, in_memory
@@ -56,8 +56,9 @@ def test_streaming_in_small_batches_equals_the_in_memory_path(tmp_path: Path) ->
         assert s.std_error == pytest.approx(w.std_error, rel=1e-6), s
         assert s.lower <= world.truth <= s.upper, (s, world.truth)
     assert streamed.diagnostics.ess_per_slot == pytest.approx(whole.diagnostics.ess_per_slot)
-    flagged = evaluate_external(tmp_path, create_estimators(["dm", "dr"]), batch_size=777).estimates
-    assert [ACTION_FREE_MODEL in e.flags for e in flagged] == [True, False]  # DM cannot see the target here
+    flagged = evaluate_external(tmp_path, create_estimators(["dm", "switch_dr", "dros", "dr", "sndr"]), batch_size=777)
+    assert [ACTION_FREE_MODEL in e.flags for e in flagged.estimates] == [True, False, False, False, False]
+    assert [ACTION_FREE_FALLBACK in e.flags for e in flagged.estimates] == [False, True, True, False, False]
     boot = evaluate_external(tmp_path, create_estimators(["ips"]), batch_size=777, bootstrap=100)
     assert boot.estimates[0].interval == "bootstrap(100)"
     assert boot.estimates[0].lower < boot.estimates[0].value < boot.estimates[0].upper
@@ -90,6 +91,10 @@ def test_bad_data_names_the_file_column_and_first_bad_row(tmp_path: Path, suffix
         (
             table.drop(["round"]),
             rf"column position: row {int(np.argmax(positions > 0))} has position 1; without a round column every row",
+        ),
+        (
+            table.drop(["position"]),
+            rf"column round: row {int(np.argmax(positions > 0))} continues a round, but there is no position column",
         ),
         (with_column("propensity", 7, 0.0), r"column propensity: row 7 is outside \(0, 1\]"),
         (with_column("propensity", 9, 1.5), r"column propensity: row 9 is outside \(0, 1\]"),

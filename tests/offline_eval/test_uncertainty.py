@@ -86,3 +86,11 @@ def test_an_interval_of_zero_width_is_flagged() -> None:
         assert ZERO_WIDTH in e.flags, e
     for e in evaluate_data(data, create_estimators(names)).estimates:
         assert e.lower < e.upper and ZERO_WIDTH not in e.flags, e
+    ones, same = np.ones((300, 2)), np.full((300, 2), 0.7)  # every decision earns 1.4: a width of rounding only
+    constant = SlateData(ones * 0.5, ones * 0.5, same, ones > 0, np.zeros((300, 2, 1)), np.zeros((300, 2, 1)))
+    for bootstrap in (0, 50):
+        for e in evaluate_data(constant, create_estimators(["ips", "snips"]), bootstrap).estimates:
+            assert e.value == pytest.approx(1.4) and ZERO_WIDTH in e.flags, e
+    single = SlateData(ones[:1] * 0.5, ones[:1] * 0.4, same[:1], ones[:1] > 0, np.zeros((1, 2, 1)), np.zeros((1, 2, 1)))
+    (e,) = evaluate_data(single, create_estimators(["snips"])).estimates
+    assert any(f.startswith("the interval is not finite") for f in e.flags), e
