@@ -177,7 +177,11 @@ class IndexArtifact:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / "index.faiss"))
-        np.save(directory / "vectors.npy", self.vectors, allow_pickle=False)
+        # a new file, then renamed over the old: processes that map the old one keep reading it, never a torn one
+        staged = directory / ".vectors.npy.tmp"
+        with staged.open("wb") as out:
+            np.save(out, self.vectors, allow_pickle=False)
+        os.replace(staged, directory / "vectors.npy")
         table = pa.table(
             {
                 "item_id": pa.array(self.item_ids.tolist(), pa.string()),
@@ -274,12 +278,14 @@ class IndexArtifact:
                 f"{directory / 'index.faiss'}: holds {index.ntotal} vectors of dimension {index.d}, "
                 f"manifest says {count} of dimension {dim} ({metric})"
             )
-        try:
-            vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        try:  # mapped read-only: the processes serving one artifact share its pages (the OS page cache)
+            vectors = np.asarray(np.load(directory / "vectors.npy", mmap_mode="r", allow_pickle=False))
         except ValueError as exc:
             raise ArtifactError(f"{directory / 'vectors.npy'}: unreadable ({exc})") from exc
         if vectors.shape != (count, dim):
             raise ArtifactError(f"{directory / 'vectors.npy'}: shape {vectors.shape}, manifest says ({count}, {dim})")
+        if count:
+            float(vectors[:, 0].sum())  # touch every page now rather than on the first requests
         try:
             table = pq.read_table(directory / "items.parquet")
             items = {

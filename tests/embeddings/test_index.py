@@ -33,6 +33,20 @@ def test_reloaded_artifact_gives_identical_search_results(small: SyntheticWorld,
     assert len({id(c) for c in loaded.creator_ids}) == len(set(built.creator_ids.tolist())) == 40  # one str each
 
 
+def test_loaded_vectors_are_a_shared_read_only_mapping_that_a_new_save_does_not_tear(
+    small: SyntheticWorld, tmp_path: Path
+) -> None:
+    first = build_artifact(small.catalog, EncoderConfig(dim=16, seed=0))
+    first.save(tmp_path)
+    served = IndexArtifact.load(tmp_path)
+    assert isinstance(served.vectors.base, np.memmap) and not served.vectors.flags.writeable  # pages shared
+    second = build_artifact(small.catalog, EncoderConfig(dim=16, seed=1))
+    second.save(tmp_path)  # over the served files: a new vectors.npy is renamed in, the mapped one stays whole
+    np.testing.assert_array_equal(served.vectors, first.vectors)
+    np.testing.assert_array_equal(IndexArtifact.load(tmp_path).vectors, second.vectors)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_search_excludes_and_orders_by_similarity(small: SyntheticWorld) -> None:
     artifact = build_artifact(small.catalog, EncoderConfig(dim=16, seed=0))
     query = artifact.vectors[5]
