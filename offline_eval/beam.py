@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +156,7 @@ def evaluation_transform(
 
 def to_json(evaluation: Evaluation) -> str:
     """An evaluation as JSON text."""
-    return json.dumps(
-        {"estimates": [asdict(e) for e in evaluation.estimates], "diagnostics": asdict(evaluation.diagnostics)}
-    )
+    return json.dumps(evaluation.to_dict())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,8 @@ bootstrap draws one set of counts per chunk and every estimator's replicates use
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,10 @@ class Evaluation:
 
     estimates: tuple[Estimate, ...]
     diagnostics: Diagnostics
+
+    def to_dict(self) -> dict[str, Any]:
+        """Estimates and diagnostics as JSON-serializable values."""
+        return {"estimates": [asdict(e) for e in self.estimates], "diagnostics": asdict(self.diagnostics)}
 
 
 class Summary:

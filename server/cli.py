@@ -310,6 +310,39 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--html", type=Path, help="also write a self-contained HTML report with plots here")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    external = commands.add_parser(
+        "evaluate-external",
+        help="estimate a policy from bandit logs made outside Scout (CSV/Parquet)",
+        description="Estimate a target policy's expected slate reward from external bandit logs: one row per logged "
+        "action with action, reward, propensity and target_propensity (the target's probability of the same "
+        "action), optional round, position (0-based) and x_<name> context columns; see offline_eval/external_log.py. "
+        "Streams the files in batches (memory bounded by --batch-size). The same as python -m offline_eval.beam, "
+        "in this process, with a table or JSON on stdout.",
+    )
+    external.add_argument(
+        "--logs", required=True, help="a .csv/.parquet file or a directory of them: a local path or a URI"
+    )
+    external.add_argument(
+        "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
+    )
+    external.add_argument(
+        "--bootstrap", type=int, default=0, help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)"
+    )
+    external.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    external.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    external.add_argument(
+        "--batch-size", type=int, default=1 << 20, help="rows read per batch; bounds the memory (default 1048576)"
+    )
+    external.add_argument(
+        "--reward-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="bounds of one slot's reward, for flagging impossible estimates (default: the observed range)",
+    )
+    external.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    external.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -642,6 +675,46 @@ def _evaluate(args: argparse.Namespace) -> None:
             )
 
 
+def _evaluate_external(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from offline_eval.estimators import create_estimators
+    from offline_eval.streaming import evaluate_external
+
+    if args.bootstrap < 0 or args.batch_size < 1:
+        raise ValueError(f"--bootstrap must be >= 0 and --batch-size >= 1, got {args.bootstrap} and {args.batch_size}")
+    if not 0.0 < args.level < 1.0:
+        raise ValueError(f"--level must be in (0, 1), got {args.level}")
+    if args.reward_range is not None and not args.reward_range[0] <= args.reward_range[1]:
+        raise ValueError(f"--reward-range: LOW must not exceed HIGH, got {args.reward_range}")
+    estimators = create_estimators([e.strip() for e in args.estimators.split(",") if e.strip()])
+    bar = tqdm(desc="rounds", unit="round", disable=args.no_progress, file=sys.stderr, delay=0.5)
+    try:
+        result = evaluate_external(
+            args.logs,
+            estimators,
+            args.batch_size,
+            args.bootstrap,
+            args.level,
+            args.seed,
+            reward_range=None if args.reward_range is None else tuple(args.reward_range),
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    d = result.diagnostics
+    print(f"{d.n} rounds; effective sample size {d.effective_sample_size:.0f}; largest weight {d.max_weight:.4g}\n")
+    print(format_estimates(result.estimates, level=args.level))
+    for e in result.estimates:
+        for flag in e.flags:
+            print(f"flag: {e.estimator}: {flag}")
+    for warning in d.warnings:
+        print(f"warning: {warning}")
+
+
 def _learning_dict(name: str, replayed: Any) -> dict[str, Any]:
     e = replayed.estimate
     return {
@@ -658,13 +731,15 @@ def _learning_dict(name: str, replayed: Any) -> dict[str, Any]:
     }
 
 
-def format_estimates(estimates: Any, truth: float | None = None) -> str:
-    """A small text table of estimates (and the true value, when known)."""
-    lines = [f"{'estimator':<12}{'estimate':>10}   {'95% interval':<22}"]
+def format_estimates(estimates: Any, truth: float | None = None, level: float = 0.95) -> str:
+    """A small text table of estimates (and the true value, when known); ``!`` marks a flagged estimate."""
+    w = max([12, *(len(e.estimator) + 2 for e in estimates)])
+    lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level:.0%} interval':<22}"]
     for e in estimates:
-        lines.append(f"{e.estimator:<12}{e.value:>10.4f}   [{e.lower:.4f}, {e.upper:.4f}]")
+        flag = "  !" if e.flags else ""
+        lines.append(f"{e.estimator:<{w}}{e.value:>10.4g}   [{e.lower:.4g}, {e.upper:.4g}]{flag}")
     if truth is not None:
-        lines.append(f"{'true value':<12}{truth:>10.4f}   (known to the synthetic world)")
+        lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
     return "\n".join(lines)
 
 
@@ -746,6 +821,7 @@ COMMANDS = {
     "worker": _worker,
     "reload-index": _reload_index,
     "evaluate": _evaluate,
+    "evaluate-external": _evaluate_external,
 }
 
 if __name__ == "__main__":

@@ -54,3 +54,31 @@ def test_reload_index_points_current_at_a_published_version(tmp_path: Path, caps
     assert main(["reload-index", "--index", str(tmp_path / "root")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sorted(lines) == sorted([f"* {first}", f"  {second}"])
+
+
+def test_evaluate_external_prints_the_streaming_estimates_flags_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "offline_eval"))
+    from factorized_slates import sample, slate_world
+    from test_external_log import to_rows
+
+    from offline_eval.estimators import create_estimators
+    from offline_eval.streaming import evaluate_external
+
+    pq.write_table(to_rows(sample(slate_world(seed=41), 2_000, seed=42)), tmp_path / "log.parquet")
+    args = ["evaluate-external", "--logs", str(tmp_path / "log.parquet"), "--estimators", "ips,dm", "--no-progress"]
+    assert main([*args, "--json", "--bootstrap", "20", "--seed", "3"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = evaluate_external(tmp_path / "log.parquet", create_estimators(["ips", "dm"]), bootstrap=20, seed=3)
+    assert [e["value"] for e in got["estimates"]] == [e.value for e in want.estimates]
+    assert got["diagnostics"]["n"] == 2_000 and got["estimates"][1]["flags"] == list(want.estimates[1].flags)
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("2000 rounds; effective sample size") and "flag: dm: the logs give only" in table
+    assert main(["evaluate-external", "--logs", str(tmp_path / "none.csv")]) == 2
+    assert main([*args, "--reward-range", "1", "0"]) == 2
