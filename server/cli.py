@@ -708,9 +708,8 @@ def _evaluate_external(args: argparse.Namespace) -> None:
     d = result.diagnostics
     print(f"{d.n} rounds; effective sample size {d.effective_sample_size:.0f}; largest weight {d.max_weight:.4g}\n")
     print(format_estimates(result.estimates, level=args.level))
-    for e in result.estimates:
-        for flag in e.flags:
-            print(f"flag: {e.estimator}: {flag}")
+    for line in flag_lines(result.estimates):
+        print(line)
     for warning in d.warnings:
         print(f"warning: {warning}")
 
@@ -741,6 +740,15 @@ def format_estimates(estimates: Any, truth: float | None = None, level: float = 
     if truth is not None:
         lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
     return "\n".join(lines)
+
+
+def flag_lines(estimates: Any) -> list[str]:
+    """Why the estimates marked ``!`` are flagged: one line per reason, naming the estimators it applies to."""
+    names: dict[str, list[str]] = {}
+    for e in estimates:
+        for flag in e.flags:
+            names.setdefault(flag, []).append(e.estimator)
+    return [f"! {', '.join(estimators)}: {flag}" for flag, estimators in names.items()]
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:

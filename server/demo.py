@@ -133,9 +133,11 @@ async def _run(config: DemoConfig) -> int:
         f"   estimated from the {len(control)} decisions logged by the control variant "
         f"(whose own average reward was {logged:.4f}):\n"
     )
-    from server.cli import format_estimates
+    from server.cli import flag_lines, format_estimates
 
     print(format_estimates(result.estimates, truth))
+    for line in flag_lines(result.estimates):
+        print(line)
     for warning in result.diagnostics.warnings:
         print(f"warning: {warning}")
     inside = [e.estimator for e in result.estimates if e.lower <= truth <= e.upper]

@@ -79,6 +79,18 @@ def test_evaluate_external_prints_the_streaming_estimates_flags_and_errors(
     assert got["diagnostics"]["n"] == 2_000 and got["estimates"][1]["flags"] == list(want.estimates[1].flags)
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert table.startswith("2000 rounds; effective sample size") and "flag: dm: the logs give only" in table
+    assert table.startswith("2000 rounds; effective sample size") and "\n! dm: the logs give only" in table
     assert main(["evaluate-external", "--logs", str(tmp_path / "none.csv")]) == 2
     assert main([*args, "--reward-range", "1", "0"]) == 2
+
+
+def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
+    from offline_eval.base import Estimate
+    from server.cli import flag_lines, format_estimates
+
+    def estimate(name: str, *flags: str) -> Estimate:
+        return Estimate(name, 0.5, 0.4, 0.6, 0.95, 100, "normal", 0.05, flags)
+
+    rows = [estimate("ips", "thin"), estimate("snips"), estimate("dr", "thin", "odd")]
+    assert flag_lines(rows) == ["! ips, dr: thin", "! dr: odd"]
+    assert [line.endswith("  !") for line in format_estimates(rows).splitlines()[1:]] == [True, False, True]
