@@ -248,7 +248,7 @@ def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.nda
 def _bad(file: str, column: str, offset: int, bad: np.ndarray, problem: str, values: np.ndarray | None = None) -> None:
     if bad.any():
         row = int(np.argmax(bad))
-        shown = "" if values is None else f" ({values[row]!r})"
+        shown = "" if values is None else f" ({float(values[row])!r})"
         raise LogError(f"{file}: column {column}: row {offset + row} {problem}{shown}")
 
 

@@ -45,7 +45,7 @@ def predictions(theta: np.ndarray, batch: ExternalBatch, seed: int) -> RewardPre
 
 def evaluate_external(
     path: str | Path | Sequence[str | Path],
-    estimators: tuple[Estimator, ...] | None = None,
+    estimators: Sequence[Estimator | str] | None = None,
     batch_size: int = 1 << 20,
     bootstrap: int = 0,
     level: float = 0.95,
@@ -62,7 +62,8 @@ def evaluate_external(
     path
         File, directory or list of ``.parquet``/``.csv`` files in the layout of :mod:`offline_eval.external_log`.
     estimators
-        Estimators (IPS, SNIPS, DR by default).
+        Estimators, or their names (``offline_eval.estimators.ESTIMATORS``; ``"all"`` for every one); IPS, SNIPS
+        and DR by default.
     batch_size
         Rows per batch; bounds the memory.
     bootstrap
@@ -78,7 +79,7 @@ def evaluate_external(
     progress
         Called with the number of rounds done after each batch.
     """
-    chosen = estimators or create_estimators()
+    chosen = _chosen(estimators)
     files = log_files(path)
     slots = count_slots(files)
     theta = None
@@ -98,6 +99,18 @@ def evaluate_external(
             progress(done)
     log.info("evaluated %d rounds from %d file(s)", done, len(files))
     return with_external_flags(summary.evaluation(level))
+
+
+def _chosen(estimators: Sequence[Estimator | str] | None) -> tuple[Estimator, ...]:
+    """Estimators given as objects or as names (not a mix)."""
+    if not estimators:
+        return create_estimators()
+    names = [e for e in estimators if isinstance(e, str)]
+    if not names:
+        return tuple(e for e in estimators if not isinstance(e, str))
+    if len(names) != len(estimators):
+        raise TypeError("give estimators or their names, not a mix")
+    return create_estimators(names)
 
 
 def in_memory(batches: list[ExternalBatch]) -> SlateData:

@@ -646,8 +646,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.learning:
         from offline_eval.learning_replay import replay_learning_log
 
-        bar = tqdm(total=len(candidates) * len(log_data), desc="learning replay", unit="dec", file=sys.stderr)
-        bar.disable = args.no_progress
+        bar = tqdm(
+            total=len(candidates) * len(log_data),
+            desc="learning replay",
+            unit="dec",
+            file=sys.stderr,
+            disable=args.no_progress,
+        )
         try:
             for candidate in candidates:  # a copy learns: the candidates stay as given
                 learner = load_policy(candidate.policy.to_bytes())

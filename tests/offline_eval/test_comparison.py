@@ -94,7 +94,9 @@ def test_cli_compares_snapshots_and_writes_json_and_html(
     assert "beats logging" in table and "(logging policy)" in table
     # --learning: each candidate also replayed as an online learner (its accuracy: test_learning_replay.py).
     assert main([*argv, "--learning", "--learn-every", "100"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "learning replay" not in captured.err  # --no-progress holds for its bar too
+    out = json.loads(captured.out)
     learned = {r["name"]: r for r in out["learning_replay"]}
     assert sorted(learned) == ["b", "explorer", "greedier"]
     for r in learned.values():

@@ -59,6 +59,8 @@ def test_streaming_in_small_batches_equals_the_in_memory_path(tmp_path: Path) ->
     flagged = evaluate_external(tmp_path, create_estimators(["dm", "switch_dr", "dros", "dr", "sndr"]), batch_size=777)
     assert [ACTION_FREE_MODEL in e.flags for e in flagged.estimates] == [True, False, False, False, False]
     assert [ACTION_FREE_FALLBACK in e.flags for e in flagged.estimates] == [False, True, True, False, False]
+    by_name = evaluate_external(tmp_path, ["dm", "switch_dr", "dros", "dr", "sndr"], batch_size=777)
+    assert by_name == flagged  # names work as the estimators do
     boot = evaluate_external(tmp_path, create_estimators(["ips"]), batch_size=777, bootstrap=100)
     assert boot.estimates[0].interval == "bootstrap(100)"
     assert boot.estimates[0].lower < boot.estimates[0].value < boot.estimates[0].upper
@@ -96,7 +98,7 @@ def test_bad_data_names_the_file_column_and_first_bad_row(tmp_path: Path, suffix
             table.drop(["position"]),
             rf"column round: row {int(np.argmax(positions > 0))} continues a round, but there is no position column",
         ),
-        (with_column("propensity", 7, 0.0), r"column propensity: row 7 is outside \(0, 1\]"),
+        (with_column("propensity", 7, 0.0), r"column propensity: row 7 is outside \(0, 1\] \(0\.0\)$"),
         (with_column("propensity", 9, 1.5), r"column propensity: row 9 is outside \(0, 1\]"),
         (with_column("reward", 4, float("nan")), r"column reward: row 4 is missing or not finite"),
         (with_column("target_propensity", 3, -0.1), r"column target_propensity: row 3 is outside \[0, 1\]"),
