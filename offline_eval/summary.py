@@ -23,16 +23,15 @@ ZERO_WIDTH = (
     "the interval has zero width, so it shows no uncertainty: most often every decision it weighs contributed the "
     "same (for instance, not one nonzero reward), and a rare reward can go unseen in a small effective sample"
 )
-#: An interval narrower than this share of the estimate's scale (float32 bootstrap sums round to ~1e-7) has zero width.
+#: An interval narrower than this share of its estimate (float32 bootstrap sums round to ~1e-7) has zero width.
 ZERO_WIDTH_TOLERANCE = 1e-6
 
 
-def interval_flags(estimate: Estimate, bounds: tuple[float, float]) -> list[str]:
-    """Flags of an interval that is not finite or has zero width (relative to the estimate's and the rewards' scale)."""
+def interval_flags(estimate: Estimate) -> list[str]:
+    """Flags of an interval that is not finite or has zero width (relative to the estimate)."""
     if not (math.isfinite(estimate.lower) and math.isfinite(estimate.upper)):
         return ["the interval is not finite (too few decisions to estimate its width)"]
-    scale = max(abs(estimate.value), abs(bounds[0]), abs(bounds[1]))
-    if estimate.upper - estimate.lower <= ZERO_WIDTH_TOLERANCE * scale:
+    if estimate.upper - estimate.lower <= ZERO_WIDTH_TOLERANCE * abs(estimate.value):
         return [ZERO_WIDTH]
     return []
 
@@ -139,6 +138,6 @@ class Summary:
             flags = list(range_flags(estimate.value, bounds))
             if diagnostics.deterministic_share > 0.5 or diagnostics.effective_sample_size < 10:
                 flags.append("too little exploration in the logs to trust this estimate")
-            flags += interval_flags(estimate, bounds)
+            flags += interval_flags(estimate)
             estimates.append(replace(estimate, flags=tuple(flags)))
         return Evaluation(tuple(estimates), diagnostics)
