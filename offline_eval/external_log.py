@@ -12,8 +12,8 @@ propensity           float in (0, 1]            logging probability of the actio
                                                 round's earlier positions
 target_propensity    float in [0, 1], optional  the target policy's probability of the same (for policies
                                                 trained outside Scout); required to estimate without a policy
-round                integer, optional          slate id; rows of a round are contiguous (default: one row
-                                                per round)
+round                integer or string,         slate id; rows of a round are contiguous (default: one row
+                     optional                   per round)
 position             integer, optional          0-based position in the slate (default 0); a round's rows
                                                 hold positions 0, 1, ... in order
 x_<name>             float, optional            context features (any number of columns); they feed the
@@ -227,9 +227,11 @@ def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.nda
     cols: dict[str, np.ndarray] = {}
     for name in batch.schema.names:
         column = batch.column(name)
-        if name == "action":
+        if name in ("action", "round"):
             if column.null_count:
                 _bad(file, name, offset, np.asarray(column.is_null()), "is missing")
+            if name == "round":  # compared as given: string ids, and 64-bit ids that a float would merge
+                cols[name] = column.to_numpy(zero_copy_only=False)
             continue
         try:
             values = column.to_numpy(zero_copy_only=False).astype(np.float64)

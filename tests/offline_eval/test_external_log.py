@@ -109,3 +109,17 @@ def test_bad_data_names_the_file_column_and_first_bad_row(tmp_path: Path, suffix
         path = write(bad, tmp_path / f"bad{i}{suffix}")
         with pytest.raises(LogError, match=rf"bad{i}\{suffix}: {message}"):
             list(read_external(path, batch_size=4))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_round_ids_may_be_strings_or_64_bit_integers(tmp_path: Path, suffix: str) -> None:
+    """Ids compared as given: as floats, 2**60 and 2**60 + 1 were one round; strings were refused as not numeric."""
+    base = to_rows(sample(slate_world(seed=25), 300, seed=26))
+    rounds = base.column("round").to_numpy()
+    expected = in_memory(list(read_external(write(base, tmp_path / f"int{suffix}"), batch_size=64)))
+    for label, ids in (("big", rounds + 2**60), ("str", np.array([f"session-{r:05d}" for r in rounds]))):
+        table = base.set_column(base.schema.get_field_index("round"), "round", pa.array(ids))
+        got = in_memory(list(read_external(write(table, tmp_path / f"{label}{suffix}"), batch_size=64)))
+        assert got.n == expected.n == 300, label
+        np.testing.assert_array_equal(got.mask, expected.mask)
+        np.testing.assert_array_equal(got.reward, expected.reward)
