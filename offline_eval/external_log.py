@@ -241,6 +241,9 @@ def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.nda
             _bad(file, name, offset, ~((values > 0) & (values <= 1)), "is outside (0, 1]", values)
         elif name == "target_propensity":
             _bad(file, name, offset, ~((values >= 0) & (values <= 1)), "is outside [0, 1]", values)
+        elif name == "position":
+            whole = (values >= 0) & (values == np.floor(values))
+            _bad(file, name, offset, ~whole, "is not a whole number >= 0", values)
         else:
             _bad(file, name, offset, ~np.isfinite(values), "is missing or not finite", values)
         cols[name] = values

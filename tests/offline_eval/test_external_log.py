@@ -99,6 +99,14 @@ def test_bad_data_names_the_file_column_and_first_bad_row(tmp_path: Path, suffix
             rf"column round: row {int(np.argmax(positions > 0))} continues a round, but there is no position column",
         ),
         (with_column("propensity", 7, 0.0), r"column propensity: row 7 is outside \(0, 1\] \(0\.0\)$"),
+        (
+            table.set_column(
+                table.schema.get_field_index("position"),
+                "position",
+                pa.array(np.where(np.arange(len(positions)) == 11, 1.5, positions)),
+            ),
+            r"column position: row 11 is not a whole number >= 0 \(1\.5\)",
+        ),
         (with_column("propensity", 9, 1.5), r"column propensity: row 9 is outside \(0, 1\]"),
         (with_column("reward", 4, float("nan")), r"column reward: row 4 is missing or not finite"),
         (with_column("target_propensity", 3, -0.1), r"column target_propensity: row 3 is outside \[0, 1\]"),
