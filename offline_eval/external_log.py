@@ -31,6 +31,7 @@ the reward.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -124,11 +125,17 @@ def count_slots(files: list[str]) -> int:
             col = names.index("position")
             stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)]
             if all(s is not None and s.has_min_max for s in stats):
-                top = max((int(s.max) for s in stats), default=0)
-        if top is None:
-            top = max(int(np.max(b.column(0).to_numpy(), initial=0)) for b in _batches(file, ["position"], 1 << 20))
-        slots = max(slots, top + 1)
+                top = max((float(s.max) for s in stats), default=0.0)
+        if top is None or not math.isfinite(top):  # a bad value is named with its row when its batch is read
+            top = max((_finite_max(b.column(0)) for b in _batches(file, ["position"], 1 << 20)), default=0.0)
+        slots = max(slots, int(top) + 1)
     return slots
+
+
+def _finite_max(column: pa.Array) -> float:
+    """The largest finite value of a numeric column (0 without one)."""
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    return float(np.max(values[np.isfinite(values)], initial=0.0))
 
 
 def read_external(
@@ -211,7 +218,9 @@ def _columns(file: str) -> list[str]:
 def _batches(file: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
     try:
         if _is_csv(file):
-            convert = pcsv.ConvertOptions(include_columns=columns)
+            # round ids stay text: a numeric-looking first block must not fix their type for the file
+            types = {"round": pa.string()} if "round" in columns else {}
+            convert = pcsv.ConvertOptions(include_columns=columns, column_types=types)
             read = pcsv.ReadOptions(block_size=max(1 << 16, batch_size * 64))
             with open_stream(file) as stream, pcsv.open_csv(stream, read_options=read, convert_options=convert) as r:
                 yield from r
@@ -231,7 +240,10 @@ def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.nda
             if column.null_count:
                 _bad(file, name, offset, np.asarray(column.is_null()), "is missing")
             if name == "round":  # compared as given: string ids, and 64-bit ids that a float would merge
-                cols[name] = column.to_numpy(zero_copy_only=False)
+                values = column.to_numpy(zero_copy_only=False)
+                if values.dtype.kind == "f":
+                    _bad(file, name, offset, ~np.isfinite(values), "is missing or not finite", values)
+                cols[name] = values
             continue
         try:
             values = column.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -242,7 +254,7 @@ def _validate(file: str, batch: pa.RecordBatch, offset: int) -> dict[str, np.nda
         elif name == "target_propensity":
             _bad(file, name, offset, ~((values >= 0) & (values <= 1)), "is outside [0, 1]", values)
         elif name == "position":
-            whole = (values >= 0) & (values == np.floor(values))
+            whole = np.isfinite(values) & (values >= 0) & (values == np.floor(values))
             _bad(file, name, offset, ~whole, "is not a whole number >= 0", values)
         else:
             _bad(file, name, offset, ~np.isfinite(values), "is missing or not finite", values)

@@ -105,6 +105,8 @@ def _chosen(estimators: Sequence[Estimator | str] | None) -> tuple[Estimator, ..
     """Estimators given as objects or as names (not a mix)."""
     if not estimators:
         return create_estimators()
+    if isinstance(estimators, str):  # one name, or "all"
+        return create_estimators([estimators])
     names = [e for e in estimators if isinstance(e, str)]
     if not names:
         return tuple(e for e in estimators if not isinstance(e, str))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -669,7 +670,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = to_dict(result)
         if args.learning:
             out["learning_replay"] = [_learning_dict(name, r) for name, r in learning]
-        print(json.dumps(out, indent=2))
+        print(json.dumps(finite_json(out), indent=2))
     else:
         print(format_table(result))
         for name, r in learning:
@@ -708,7 +709,7 @@ def _evaluate_external(args: argparse.Namespace) -> None:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(finite_json(result.to_dict()), indent=2))
         return
     d = result.diagnostics
     print(f"{d.n} rounds; effective sample size {d.effective_sample_size:.0f}; largest weight {d.max_weight:.4g}\n")
@@ -738,13 +739,24 @@ def _learning_dict(name: str, replayed: Any) -> dict[str, Any]:
 def format_estimates(estimates: Any, truth: float | None = None, level: float = 0.95) -> str:
     """A small text table of estimates (and the true value, when known); ``!`` marks a flagged estimate."""
     w = max([12, *(len(e.estimator) + 2 for e in estimates)])
-    lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level:.0%} interval':<22}"]
+    lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level * 100:g}% interval':<22}"]
     for e in estimates:
         flag = "  !" if e.flags else ""
         lines.append(f"{e.estimator:<{w}}{e.value:>10.4g}   [{e.lower:.4g}, {e.upper:.4g}]{flag}")
     if truth is not None:
         lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
     return "\n".join(lines)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with non-finite floats as None, so that strict JSON parsers read it (json.dumps writes NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def flag_lines(estimates: Any) -> list[str]:

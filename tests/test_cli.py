@@ -94,3 +94,15 @@ def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
     rows = [estimate("ips", "thin"), estimate("snips"), estimate("dr", "thin", "odd")]
     assert flag_lines(rows) == ["! ips, dr: thin", "! dr: odd"]
     assert [line.endswith("  !") for line in format_estimates(rows).splitlines()[1:]] == [True, False, True]
+    assert "99.9% interval" in format_estimates(rows, level=0.999)  # it said 100%
+
+
+def test_json_output_has_no_bare_nan() -> None:
+    from server.cli import finite_json
+
+    nan, inf = float("nan"), float("inf")
+    assert finite_json({"a": [1.0, nan], "b": (inf, "x"), "c": {"d": -inf}}) == {
+        "a": [1.0, None],
+        "b": [None, "x"],
+        "c": {"d": None},
+    }
