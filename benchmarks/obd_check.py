@@ -28,6 +28,15 @@ from offline_eval.streaming import evaluate_external
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["item_id", "position", "click", "propensity_score"]
+SCHEMA = pa.schema(
+    [
+        ("action", pa.int64()),
+        ("reward", pa.float64()),
+        ("propensity", pa.float64()),
+        ("target_propensity", pa.float64()),
+        ("x_position", pa.float64()),
+    ]
+)
 
 
 def convert(source: Path, out: Path, target_propensity: float) -> tuple[int, float]:
@@ -51,17 +60,6 @@ def convert(source: Path, out: Path, target_propensity: float) -> tuple[int, flo
             writer.write_table(table)
             rows, clicks = rows + len(click), clicks + float(click.sum())
     return rows, clicks / max(rows, 1)
-
-
-SCHEMA = pa.schema(
-    [
-        ("action", pa.int64()),
-        ("reward", pa.float64()),
-        ("propensity", pa.float64()),
-        ("target_propensity", pa.float64()),
-        ("x_position", pa.float64()),
-    ]
-)
 
 
 def main() -> None:

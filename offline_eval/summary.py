@@ -44,8 +44,19 @@ class Evaluation:
     diagnostics: Diagnostics
 
     def to_dict(self) -> dict[str, Any]:
-        """Estimates and diagnostics as JSON-serializable values."""
-        return {"estimates": [asdict(e) for e in self.estimates], "diagnostics": asdict(self.diagnostics)}
+        """Estimates and diagnostics as strict-JSON values (non-finite numbers as None)."""
+        return finite_json({"estimates": [asdict(e) for e in self.estimates], "diagnostics": asdict(self.diagnostics)})
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with non-finite floats as None, so that strict JSON parsers read it (json.dumps writes NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 class Summary:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -586,6 +585,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from offline_eval.estimators import create_estimators
     from offline_eval.logs import read_logs
     from offline_eval.report import format_table, html_report, to_dict
+    from offline_eval.summary import finite_json
 
     index = IndexArtifact.load(args.index)
     log_data = read_logs(args.logs)
@@ -670,7 +670,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = to_dict(result)
         if args.learning:
             out["learning_replay"] = [_learning_dict(name, r) for name, r in learning]
-        print(json.dumps(finite_json(out), indent=2))
+        print(json.dumps(finite_json(out), indent=2))  # the learning replay's numbers too
     else:
         print(format_table(result))
         for name, r in learning:
@@ -709,7 +709,7 @@ def _evaluate_external(args: argparse.Namespace) -> None:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps(finite_json(result.to_dict()), indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return
     d = result.diagnostics
     print(f"{d.n} rounds; effective sample size {d.effective_sample_size:.0f}; largest weight {d.max_weight:.4g}\n")
@@ -746,17 +746,6 @@ def format_estimates(estimates: Any, truth: float | None = None, level: float = 
     if truth is not None:
         lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
     return "\n".join(lines)
-
-
-def finite_json(value: Any) -> Any:
-    """``value`` with non-finite floats as None, so that strict JSON parsers read it (json.dumps writes NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_json(v) for v in value]
-    return value
 
 
 def flag_lines(estimates: Any) -> list[str]:

@@ -178,6 +178,11 @@ class DecisionEntry:
     event_id: str
     args: tuple[bytes, str, int, str, str]
 
+    @property
+    def due_ms(self) -> int:
+        """When its reward window closes (epoch ms)."""
+        return self.args[2]
+
 
 class Store:
     """Async access to Scout's Redis state.

@@ -143,7 +143,7 @@ class DecisionWriter:
         if len(self._withdrawing) >= MAX_WITHDRAWING:
             log.warning("too many undelivered decisions to withdraw; %s may stay logged", entry.event_id)
             return
-        self._withdrawing[entry.event_id] = max(int(entry.args[2]), now_ms() + WITHDRAW_RETRY_MS)
+        self._withdrawing[entry.event_id] = max(entry.due_ms, now_ms() + WITHDRAW_RETRY_MS)
         if self._withdraw_task is None or self._withdraw_task.done():
             self._withdraw_task = asyncio.get_running_loop().create_task(self._withdraw_loop())
 

@@ -82,6 +82,8 @@ def test_evaluate_external_prints_the_streaming_estimates_flags_and_errors(
     assert table.startswith("2000 rounds; effective sample size") and "\n! dm: the logs give only" in table
     assert main(["evaluate-external", "--logs", str(tmp_path / "none.csv")]) == 2
     assert main([*args, "--reward-range", "1", "0"]) == 2
+    for bad in (["--level", "1.5"], ["--bootstrap", "-1"], ["--batch-size", "0"], ["--estimators", "ips,nope"]):
+        assert main([*args, *bad]) == 2, bad
 
 
 def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
@@ -98,7 +100,7 @@ def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
 
 
 def test_json_output_has_no_bare_nan() -> None:
-    from server.cli import finite_json
+    from offline_eval.summary import finite_json
 
     nan, inf = float("nan"), float("inf")
     assert finite_json({"a": [1.0, nan], "b": (inf, "x"), "c": {"d": -inf}}) == {
