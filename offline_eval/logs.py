@@ -133,6 +133,11 @@ class DecisionLog:
         idx = np.flatnonzero(keep)
         return DecisionLog({k: [v[i] for i in idx] for k, v in self.columns.items()})
 
+    def decided_ms(self) -> np.ndarray:
+        """When each decision was made, in milliseconds since the epoch (int64)."""
+        stamps = pa.array(self.columns["decided_at"], type=pa.timestamp("ms", tz="UTC"))  # datetimes or ints
+        return np.asarray(stamps.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
 
 def read_logs(path: str | Path) -> DecisionLog:
     """Read a Parquet file or a directory of them and validate it; problems raise ``LogError``.

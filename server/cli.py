@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from dataclasses import replace
@@ -35,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         "demo",
         help="run the whole loop on a synthetic world and evaluate offline",
         description="Build a synthetic world and its index, serve it on an embedded Redis, "
-        "drive simulated users over gRPC, export the joined logs and estimate a different "
-        "policy's value offline next to the world's true value.",
+        "drive simulated users over gRPC, export the joined logs, and estimate offline the value of a policy "
+        "never served (the control variant's model at half time, greedier) from the decisions logged after it, "
+        "next to the world's true value.",
     )
     demo.add_argument("--dir", type=Path, default=Path(".scout/demo"), help="working directory (default .scout/demo)")
     demo.add_argument("--decisions", type=int, default=20000, help="Recommend calls to make (default 20000)")
@@ -286,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("--variant", help="only decisions logged by this variant")
     evaluate.add_argument(
+        "--since",
+        type=epoch_ms,
+        metavar="TIME",
+        help="only decisions made at or after TIME (ISO 8601, UTC unless it names an offset, or milliseconds since "
+        "the epoch, 10 to 16 digits): evaluate a snapshot on decisions it has not learned from",
+    )
+    evaluate.add_argument(
         "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
     )
     evaluate.add_argument("--primary", help="estimator that ranks and gates (default: the last of --estimators)")
@@ -363,6 +373,29 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be an integer in 0..65535, got {text!r}")
     return port
+
+
+def epoch_ms(text: str) -> int:
+    """``--since``: milliseconds since the epoch (10 to 16 digits), or an ISO 8601 time.
+
+    An ISO time is UTC unless it names an offset, and is rounded up to the next millisecond, so that nothing made
+    before it is kept.
+    """
+    text = text.strip()
+    if re.fullmatch(r"[0-9]{10,16}", text):
+        return int(text)
+    try:
+        if len(text) > 40:
+            raise ValueError("too long")
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time or milliseconds since the epoch (10 to 16 digits), got {text[:80]!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    micros = (when - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)) // datetime.timedelta(microseconds=1)
+    return -(-micros // 1000)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -593,6 +626,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         log_data = log_data.where(np.array(log_data["variant"]) == args.variant)
         if len(log_data) == 0:
             raise ValueError(f"--variant {args.variant!r}: no decisions of that variant in {args.logs}")
+    if args.since is not None:
+        log_data = log_data.where(log_data.decided_ms() >= args.since)
+        if len(log_data) == 0:
+            raise ValueError(f"--since {args.since}: no decisions made at or after it in {args.logs}")
     keys = log_data["context_keys"][0] if len(log_data) else []
     dim = feature_dim(index.dim, len(keys))
     params = _parse_params(args.param)

@@ -25,6 +25,7 @@ from embeddings.index import IndexArtifact
 from offline_eval.evaluation import evaluate
 from offline_eval.logs import DecisionLog, read_logs
 from offline_eval.replay import decisions
+from offline_eval.summary import Evaluation
 from offline_eval.world import CONTEXT_KEYS, SyntheticWorld, WorldConfig, item_index, user_index
 from server.app import ScoutServer, start_server
 from server.pb import scout_pb2, scout_pb2_grpc
@@ -33,7 +34,7 @@ from server.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 SURFACE = "home"
 SLATE = 5
-TARGET_EPSILON = 0.05
+TARGET_PARAMS: dict[str, float] = {"temperature": 0.025}
 # Per-event and per-flush INFO lines of these packages would scroll over the progress bars.
 QUIET_LOGGERS = ("server", "embeddings", "bandits", "offline_eval", "faiss")
 
@@ -57,10 +58,11 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the simulated users did."""
+    """What the simulated users did: clicks, late clicks, and the event ids of the decisions they were served."""
 
     clicks: int
     late: int
+    event_ids: frozenset[str]
 
 
 @contextlib.contextmanager
@@ -80,19 +82,29 @@ def quiet_logs() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """The demo's offline evaluation: the target's estimates on the held-out decisions, and the truth."""
+
+    evaluation: Evaluation
+    truth: float
+    target_version: int
+    logged_value: float
+    seconds: float
+
+
 async def run_demo(config: DemoConfig) -> int:
     """Run the demo; returns a process exit code."""
     with quiet_logs():
-        return await _run(config)
+        return 0 if await demo(config) is not None else 1
 
 
-async def _run(config: DemoConfig) -> int:
+async def demo(config: DemoConfig) -> Outcome | None:
+    """Run the demo, printing its progress and results; None when there was nothing to evaluate."""
     started = time.perf_counter()
     root = config.directory
     shutil.rmtree(root, ignore_errors=True)
-    world = SyntheticWorld(
-        WorldConfig(num_items=config.items, num_creators=max(1, config.items // 20), seed=config.seed)
-    )
+    world = demo_world(config)
     write_catalog(world.catalog, root / "catalog.parquet")
     artifact = build_artifact(world.catalog, EncoderConfig(seed=config.seed), progress=True)
     artifact.save(root / "index")
@@ -102,35 +114,52 @@ async def _run(config: DemoConfig) -> int:
     )
 
     settings = _settings(root, config)
+    experiment = settings.experiments[0]
     server = await start_server(settings)
     print(
         f"2. serving on port {server.port} with an embedded Redis; experiment variants: "
-        f"{', '.join(v.name + ' (' + v.policy + ')' for v in settings.experiments[0].variants)}"
+        f"{', '.join(v.name + ' (' + v.policy + ')' for v in experiment.variants)}"
     )
+    half = config.decisions // 2
     try:
-        traffic = await _drive(world, server.port, config)
+        with tqdm(total=config.decisions, desc="simulated users", unit="req") as progress:
+            first = await _drive(world, server.port, config, range(half), progress)
+            # The target: what the control variant has learned so far. The decisions from here on are new to it.
+            snapshot = await _learned_snapshot(server, experiment.name, "control", timeout_s=60.0)
+            await asyncio.sleep(0.002)  # decisions are stamped in ms: the halves' stamps do not meet
+            second = await _drive(world, server.port, config, range(half, config.decisions), progress)
+        clicks, late = first.clicks + second.clicks, first.late + second.late
         print(
-            f"3. {config.decisions} decisions served, {traffic.clicks} clicks rewarded, {traffic.late} of them late "
+            f"3. {config.decisions} decisions served, {clicks} clicks rewarded, {late} of them late "
             f"(after the {config.reward_window_s:g} s reward window: kept apart, not joined)"
         )
         await _wait_for_export(server, config.decisions, timeout_s=60.0 + 4 * config.reward_window_s)
-        snapshot = await _learned_snapshot(server, settings.experiments[0].name, "control", timeout_s=60.0)
     finally:
         await server.stop()
     log_data = read_logs(settings.export.log_dir)
     print(f"4. joined log: {len(log_data)} decisions in {settings.export.log_dir} (Parquet)")
 
-    control = log_data.where(np.array(log_data["variant"]) == "control")
+    later = np.array([e in second.event_ids for e in log_data["event_id"]])
+    held_out = log_data.where(later & (np.array(log_data["variant"]) == "control"))
+    if len(held_out) == 0:
+        print(f"no decisions of the control variant after request {half}: nothing to evaluate (raise --decisions)")
+        return None
+    # For `scout evaluate --since`: every decision of the second half was made after those of the first.
+    since_ms = int(log_data.where(later).decided_ms().min())
     index = IndexArtifact.load(root / "index")
-    target = load_policy(snapshot, {"epsilon": TARGET_EPSILON})
+    served = load_policy(snapshot)
+    if set(TARGET_PARAMS) - set(served.params()):
+        raise RuntimeError(f"the demo's target sets {sorted(TARGET_PARAMS)}, which a {served.name} policy lacks")
+    target = load_policy(snapshot, TARGET_PARAMS)
     (root / "target.npz").write_bytes(target.to_bytes())
-    result = evaluate(control, index, target, seed=config.seed)
-    truth = true_value(world, control, index, target, seed=config.seed)
-    logged = float(np.mean([sum(r) for r in control["rewards"]]))
+    result = evaluate(held_out, index, target, seed=config.seed)
+    truth = true_value(world, held_out, index, target, seed=config.seed)
+    logged = float(np.mean([sum(r) for r in held_out["rewards"]]))
+    change = ", ".join(f"{k} {v:g} instead of {served.params()[k]:g}" for k, v in TARGET_PARAMS.items())
     print(
-        f"5. offline evaluation of a policy that was never served: the control variant's learned model "
-        f"(version {target.version}) with epsilon {TARGET_EPSILON} instead of 0.3,\n"
-        f"   estimated from the {len(control)} decisions logged by the control variant "
+        f"5. offline evaluation of a policy that was never served: the control variant's model as it stood after "
+        f"the first {half} requests (version {target.version}), with {change},\n"
+        f"   estimated from the {len(held_out)} decisions the control variant logged after it "
         f"(whose own average reward was {logged:.4f}):\n"
     )
     from server.cli import flag_lines, format_estimates
@@ -144,10 +173,11 @@ async def _run(config: DemoConfig) -> int:
     print(f"\nthe true value lies inside the interval of: {', '.join(inside) or 'none'}")
     print(
         f"reproduce: scout evaluate --logs {settings.export.log_dir} --index {root / 'index'} "
-        f"--snapshot {root / 'target.npz'} --variant control"
+        f"--snapshot {root / 'target.npz'} --variant control --since {since_ms}"
     )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return 0
+    seconds = time.perf_counter() - started
+    print(f"demo finished in {seconds:.0f} s")
+    return Outcome(result, truth, target.version, logged, seconds)
 
 
 def _settings(root: Path, config: DemoConfig) -> Settings:
@@ -162,23 +192,30 @@ def _settings(root: Path, config: DemoConfig) -> Settings:
     )
 
 
+def demo_world(config: DemoConfig) -> SyntheticWorld:
+    """The synthetic world the demo serves and simulates."""
+    return SyntheticWorld(
+        WorldConfig(num_items=config.items, num_creators=max(1, config.items // 20), seed=config.seed)
+    )
+
+
 def simulated_rng(config: DemoConfig, request: int) -> np.random.Generator:
     """The generator of simulated request number ``request``: its user, context, seeds and clicks."""
     return np.random.default_rng([config.seed, request])
 
 
-async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> Traffic:
-    """Simulated users: Recommend, then a Reward for every clicked item.
+async def _drive(world: SyntheticWorld, port: int, config: DemoConfig, requests: range, progress: tqdm) -> Traffic:
+    """Simulated users send ``requests`` (numbers): Recommend, then a Reward for every clicked item.
 
-    Request ``i`` is drawn from its own generator and sent by user ``i % concurrency``, so the requests do not
-    depend on timing. A reward after the window (FAILED_PRECONDITION, or accepted with ``late`` set) is counted.
+    Request ``i`` is drawn from its own generator (the users take turns), so the requests do not depend on
+    timing. A reward after the window (FAILED_PRECONDITION, or accepted with ``late`` set) is counted.
     """
     clicks = late = 0
-    progress = tqdm(total=config.decisions, desc="simulated users", unit="req")
+    event_ids: set[str] = set()
 
     async def user(stub: scout_pb2_grpc.RecommenderStub, worker: int) -> None:
         nonlocal clicks, late
-        for i in range(worker, config.decisions, config.concurrency):
+        for i in requests[worker :: config.concurrency]:
             rng = simulated_rng(config, i)
             request = world.sample_request(rng)
             reply = await stub.Recommend(
@@ -190,6 +227,7 @@ async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> Traffi
                     seed_item_ids=request.seed_item_ids,
                 )
             )
+            event_ids.add(reply.event_id)
             served = item_index([item.item_id for item in reply.items])
             context = np.array([request.context[k] for k in CONTEXT_KEYS])
             chosen = world.sample_clicks(rng, request.user, served, context)
@@ -204,8 +242,7 @@ async def _drive(world: SyntheticWorld, port: int, config: DemoConfig) -> Traffi
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = scout_pb2_grpc.RecommenderStub(channel)
         await asyncio.gather(*(user(stub, w) for w in range(config.concurrency)))
-    progress.close()
-    return Traffic(clicks, late)
+    return Traffic(clicks, late, frozenset(event_ids))
 
 
 async def _reward(stub: scout_pb2_grpc.RecommenderStub, event_id: str, item_id: str) -> bool:

@@ -104,6 +104,33 @@ def test_cli_compares_snapshots_and_writes_json_and_html(
         assert r["lower"] <= r["value"] <= r["upper"] and r["curve"][-1][1] == pytest.approx(r["value"])
 
 
+def test_cli_since_keeps_the_decisions_made_from_that_time_on(
+    index_dir: Path, logged: tuple[list[dict], EpsilonGreedy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records, logger = logged
+    start = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    dated = [r | {"decided_at": start + 1000 * i, "joined_at": start + 1000 * i + 5} for i, r in enumerate(records)]
+    pq.write_table(records_to_table(dated), logs / "part-0.parquet")
+    (tmp_path / "b.npz").write_bytes(logger.to_bytes())
+    argv = ["evaluate", "--logs", str(logs), "--index", str(index_dir), "--snapshot", str(tmp_path / "b.npz")]
+    argv += ["--json", "--no-progress"]
+    # Naive times are UTC; a fraction of a millisecond rounds up, so nothing made before TIME is kept.
+    times = ("2026-09-21T14:20:00Z", "2026-09-21T16:20:00+02:00", "2026-09-21 14:19:59.9995")
+    for since in (str(start + 1000 * 400), *times):
+        assert main([*argv, "--since", since]) == 0
+        assert json.loads(capsys.readouterr().out)["decisions"] == len(records) - 400, since
+    assert main([*argv, "--since", str(start + 1000 * len(records))]) == 2
+    assert "--since 1790000600000: no decisions made at or after it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--since", "yesterday"])
+    assert exc.value.code == 2
+    assert "--since: expected an ISO 8601 time or milliseconds since the epoch (10 to 16 digits), got 'yesterday'" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.redis
 def test_cli_evaluates_a_served_variant_fetched_from_redis_by_name(
     index_dir: Path,

@@ -38,7 +38,7 @@ def test_list_experiments_names_variants_policies_and_versions(scout, stubs) -> 
     (experiment,) = listed.experiments
     assert experiment.name == "home-ranking" and list(experiment.surfaces) == ["home"]
     assert [(v.name, v.policy, v.weight, v.paused) for v in experiment.variants] == [
-        ("control", "epsilon_greedy", 0.5, False),
+        ("control", "softmax", 0.5, False),
         ("linucb", "linucb", 0.5, False),
     ]
     assert json.loads(experiment.variants[1].params_json) == {"alpha": 0.5}

@@ -9,15 +9,21 @@ from pathlib import Path
 import pytest
 
 from offline_eval.logs import read_logs
-from server.demo import DemoConfig, run_demo
+from server.demo import DemoConfig, demo_world, run_demo, simulated_rng
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 def run(config: DemoConfig, capsys: pytest.CaptureFixture[str]) -> tuple[int, int, list[tuple]]:
-    """Run the demo; returns clicks, late clicks and the logged (event, unit, seeds, context) rows."""
+    """Run the demo; returns clicks, late clicks and the logged (event, unit, seeds, context) rows.
+
+    Checks that the target is evaluated on exactly the control variant's decisions of the second half of the
+    requests, and is the model that served before them: an estimate on its own training decisions is optimistic.
+    """
     assert asyncio.run(run_demo(config)) == 0
     out = capsys.readouterr().out
+    evaluated = re.search(r"\(version (\d+)\).*\n.*estimated from the (\d+) decisions the control variant logged", out)
+    assert evaluated, out
     found = re.search(r"(\d+) decisions served, (\d+) clicks rewarded, (\d+) of them late", out)
     assert found, out
     assert int(found.group(1)) == config.decisions
@@ -31,6 +37,19 @@ def run(config: DemoConfig, capsys: pytest.CaptureFixture[str]) -> tuple[int, in
             strict=True,
         )
     )
+    world = demo_world(config)
+    second_half: set[tuple[str, tuple[str, ...]]] = set()
+    for i in range(config.decisions // 2, config.decisions):
+        request = world.sample_request(simulated_rng(config, i))
+        second_half.add((request.unit_id, tuple(request.seed_item_ids)))
+    held_out = [
+        (unit, tuple(seeds)) in second_half and variant == "control"
+        for unit, seeds, variant in zip(log["unit_id"], log["seed_item_ids"], log["variant"], strict=True)
+    ]
+    assert 0 < sum(held_out) < sum(v == "control" for v in log["variant"])
+    assert int(evaluated.group(2)) == sum(held_out)
+    versions = [int(v) for v, kept in zip(log["policy_version"], held_out, strict=True) if kept]
+    assert int(evaluated.group(1)) <= min(versions), "the target was published before the second half"
     clicks, late = int(found.group(2)), int(found.group(3))
     observed = sum(sum(flags) for flags in log["reward_observed"])
     assert observed == clicks - late, "every click on time is in its row; every late one is counted apart"

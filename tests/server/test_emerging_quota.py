@@ -25,7 +25,7 @@ def test_a_candidate_quota_brings_emerging_creators_into_retrieval_and_replays(
     settings = make_settings(index_dir, clean_redis, tmp_path / "logs", reward_window_s=60.0)
     experiment = settings.experiments[0]
     variants = (
-        replace(experiment.variants[0], weight=1.0, emerging_candidates=QUOTA),  # control: epsilon-greedy
+        replace(experiment.variants[0], weight=1.0, emerging_candidates=QUOTA),  # control: softmax
         replace(experiment.variants[1], weight=1.0),  # linucb, no quota
     )
     running, thread = run_server(replace(settings, experiments=(replace(experiment, variants=variants),)))

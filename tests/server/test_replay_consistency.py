@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from bandits.epsilon_greedy import EpsilonGreedy
 from bandits.features import feature_dim
+from bandits.registry import create_policy
 from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA, DecisionLog
 from offline_eval.replay import replay
@@ -14,12 +14,12 @@ from server.settings import load_settings
 def test_item_and_creator_terms_score_the_same_online_and_in_replay(index: IndexArtifact) -> None:
     settings = load_settings(environ={})
     experiment = settings.experiments[0]
-    variant = next(v for v in experiment.variants if v.policy == "epsilon_greedy")
+    variant = next(v for v in experiment.variants if v.name == "control")
     dim = feature_dim(index.dim, len(experiment.context_keys))
-    policy = EpsilonGreedy(dim, epsilon=0.3, arm_buckets=256)
+    policy = create_policy(variant.policy, dim, dict(variant.params) | {"arm_buckets": 256})
     rng = np.random.default_rng(0)
     rows = rng.choice(len(index), size=400, replace=False)
-    # Item terms learned so strongly that they, not the shared model, decide the greedy pick.
+    # Item terms learned so strongly that they, not the shared model, decide the probabilities.
     policy.learn(
         rng.normal(size=(400, dim)) * 1e-3,
         rng.uniform(0, 5, size=400),
