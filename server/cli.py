@@ -401,6 +401,11 @@ def epoch_ms(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from server.demo import DemoConfig, run_demo
 
+    if args.decisions < 2:
+        raise ValueError(
+            f"--decisions must be at least 2 (the target learns from half, is evaluated on the other), "
+            f"got {args.decisions}"
+        )
     config = DemoConfig(args.dir, args.decisions, args.items, args.concurrency, args.seed)
     return asyncio.run(run_demo(config))
 

@@ -19,6 +19,10 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert '"count": 300' in capsys.readouterr().out
     assert main(["build", "--catalog", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--logs", str(tmp_path), "--index", str(tmp_path / "idx"), "--policy", "linucb"]) == 2
+    # The demo's target learns from half of the requests and is evaluated on the other half.
+    assert main(["demo", "--decisions", "1", "--dir", str(tmp_path / "demo")]) == 2
+    assert "--decisions must be at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: Path) -> None:
