@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         "never served (the control variant's model at half time, greedier) from the decisions logged after it, "
         "next to the world's true value.",
     )
-    demo.add_argument("--dir", type=Path, default=Path(".scout/demo"), help="working directory (default .scout/demo)")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".scout/demo"),
+        help="working directory, cleared first; one holding files the demo did not write is refused "
+        "(default .scout/demo)",
+    )
     demo.add_argument("--decisions", type=int, default=20000, help="Recommend calls to make (default 20000)")
     demo.add_argument("--items", type=int, default=20000, help="catalog size (default 20000)")
     demo.add_argument("--concurrency", type=int, default=8, help="simulated users in flight (default 8)")
@@ -293,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         type=epoch_ms,
         metavar="TIME",
         help="only decisions made at or after TIME (ISO 8601, UTC unless it names an offset, or milliseconds since "
-        "the epoch, 10 to 16 digits): evaluate a snapshot on decisions it has not learned from",
+        "the epoch, 13 digits): evaluate a snapshot on decisions it has not learned from",
     )
     evaluate.add_argument(
         "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
@@ -376,13 +382,13 @@ def port_number(text: str) -> int:
 
 
 def epoch_ms(text: str) -> int:
-    """``--since``: milliseconds since the epoch (10 to 16 digits), or an ISO 8601 time.
+    """``--since``: milliseconds since the epoch (13 digits), or an ISO 8601 time.
 
     An ISO time is UTC unless it names an offset, and is rounded up to the next millisecond, so that nothing made
-    before it is kept.
+    before it is kept. Other runs of digits are refused (ten digits are most likely seconds).
     """
     text = text.strip()
-    if re.fullmatch(r"[0-9]{10,16}", text):
+    if re.fullmatch(r"[0-9]{13}", text):
         return int(text)
     try:
         if len(text) > 40:
@@ -390,7 +396,7 @@ def epoch_ms(text: str) -> int:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time or milliseconds since the epoch (10 to 16 digits), got {text[:80]!r}"
+            f"expected an ISO 8601 time or milliseconds since the epoch (13 digits), got {text[:80]!r}"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
@@ -634,7 +640,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.since is not None:
         log_data = log_data.where(log_data.decided_ms() >= args.since)
         if len(log_data) == 0:
-            raise ValueError(f"--since {args.since}: no decisions made at or after it in {args.logs}")
+            when = datetime.datetime.fromtimestamp(args.since / 1000, datetime.UTC).isoformat(timespec="milliseconds")
+            raise ValueError(f"--since {when}: no decisions made at or after it in {args.logs}")
     keys = log_data["context_keys"][0] if len(log_data) else []
     dim = feature_dim(index.dim, len(keys))
     params = _parse_params(args.param)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 SURFACE = "home"
 SLATE = 5
 TARGET_PARAMS: dict[str, float] = {"temperature": 0.025}
+# What the demo writes under its directory (and clears at its start; anything else there makes it refuse).
+OUTPUTS = frozenset({"catalog.parquet", "index", "redis", "logs", "late", "target.npz"})
 # Per-event and per-flush INFO lines of these packages would scroll over the progress bars.
 QUIET_LOGGERS = ("server", "embeddings", "bandits", "offline_eval", "faiss")
 
@@ -103,7 +105,7 @@ async def demo(config: DemoConfig) -> Outcome | None:
     """Run the demo, printing its progress and results; None when there was nothing to evaluate."""
     started = time.perf_counter()
     root = config.directory
-    shutil.rmtree(root, ignore_errors=True)
+    _clear(root)
     world = demo_world(config)
     write_catalog(world.catalog, root / "catalog.parquet")
     artifact = build_artifact(world.catalog, EncoderConfig(seed=config.seed), progress=True)
@@ -178,6 +180,26 @@ async def demo(config: DemoConfig) -> Outcome | None:
     seconds = time.perf_counter() - started
     print(f"demo finished in {seconds:.0f} s")
     return Outcome(result, truth, target.version, logged, seconds)
+
+
+def _clear(root: Path) -> None:
+    """Remove what an earlier demo wrote under ``root``; refuse a directory that holds anything else."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory")
+    strangers = sorted(p.name for p in root.iterdir() if p.name not in OUTPUTS)
+    if strangers:
+        raise ValueError(
+            f"{root}: holds {', '.join(strangers[:3])}, which the demo did not write; "
+            "the demo starts by clearing its directory, so give it a new or empty one"
+        )
+    for name in OUTPUTS:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _settings(root: Path, config: DemoConfig) -> Settings:

@@ -23,6 +23,12 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["demo", "--decisions", "1", "--dir", str(tmp_path / "demo")]) == 2
     assert "--decisions must be at least 2" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+    # The demo clears its directory first: one holding anything else is refused, and left as it was.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["demo", "--decisions", "2", "--dir", str(tmp_path / "mine")]) == 2
+    assert "holds notes.txt, which the demo did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: Path) -> None:

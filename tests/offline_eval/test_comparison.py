@@ -122,13 +122,14 @@ def test_cli_since_keeps_the_decisions_made_from_that_time_on(
         assert main([*argv, "--since", since]) == 0
         assert json.loads(capsys.readouterr().out)["decisions"] == len(records) - 400, since
     assert main([*argv, "--since", str(start + 1000 * len(records))]) == 2
-    assert "--since 1790000600000: no decisions made at or after it" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--since", "yesterday"])
-    assert exc.value.code == 2
-    assert "--since: expected an ISO 8601 time or milliseconds since the epoch (10 to 16 digits), got 'yesterday'" in (
-        capsys.readouterr().err
-    )
+    assert "--since 2026-09-21T14:23:20.000+00:00: no decisions made at or after it" in capsys.readouterr().err
+    for bad in ("yesterday", str(start // 1000)):  # epoch seconds are refused, not read as milliseconds of 1970
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--since", bad])
+        assert exc.value.code == 2
+        assert f"--since: expected an ISO 8601 time or milliseconds since the epoch (13 digits), got '{bad}'" in (
+            capsys.readouterr().err
+        )
 
 
 @pytest.mark.redis
