@@ -1,13 +1,15 @@
-"""A comparison as a terminal table, as JSON-ready data, and as a self-contained HTML report with plots."""
+"""Estimates and comparisons as terminal tables, as JSON-ready data, and as a self-contained HTML report with plots."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from offline_eval.base import Estimate
 from offline_eval.comparison import Comparison
 
 
@@ -171,3 +173,24 @@ def _ess_plot(comparison: Comparison) -> str:
     out = _png(fig)
     plt.close(fig)
     return out
+
+
+def format_estimates(estimates: Sequence[Estimate], truth: float | None = None, level: float = 0.95) -> str:
+    """A small text table of estimates (and the true value, when known); ``!`` marks a flagged estimate."""
+    w = max([12, *(len(e.estimator) + 2 for e in estimates)])
+    lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level * 100:g}% interval':<22}"]
+    for e in estimates:
+        flag = "  !" if e.flags else ""
+        lines.append(f"{e.estimator:<{w}}{e.value:>10.4g}   [{e.lower:.4g}, {e.upper:.4g}]{flag}")
+    if truth is not None:
+        lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
+    return "\n".join(lines)
+
+
+def flag_lines(estimates: Sequence[Estimate]) -> list[str]:
+    """Why the estimates marked ``!`` are flagged: one line per reason, naming the estimators it applies to."""
+    names: dict[str, list[str]] = {}
+    for e in estimates:
+        for flag in e.flags:
+            names.setdefault(flag, []).append(e.estimator)
+    return [f"! {', '.join(estimators)}: {flag}" for flag, estimators in names.items()]

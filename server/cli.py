@@ -734,6 +734,7 @@ def _evaluate_external(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from offline_eval.estimators import create_estimators
+    from offline_eval.report import flag_lines, format_estimates
     from offline_eval.streaming import evaluate_external
 
     if args.bootstrap < 0 or args.batch_size < 1:
@@ -783,27 +784,6 @@ def _learning_dict(name: str, replayed: Any) -> dict[str, Any]:
         "updates": replayed.updates,
         "curve": [list(point) for point in replayed.curve],
     }
-
-
-def format_estimates(estimates: Any, truth: float | None = None, level: float = 0.95) -> str:
-    """A small text table of estimates (and the true value, when known); ``!`` marks a flagged estimate."""
-    w = max([12, *(len(e.estimator) + 2 for e in estimates)])
-    lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level * 100:g}% interval':<22}"]
-    for e in estimates:
-        flag = "  !" if e.flags else ""
-        lines.append(f"{e.estimator:<{w}}{e.value:>10.4g}   [{e.lower:.4g}, {e.upper:.4g}]{flag}")
-    if truth is not None:
-        lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
-    return "\n".join(lines)
-
-
-def flag_lines(estimates: Any) -> list[str]:
-    """Why the estimates marked ``!`` are flagged: one line per reason, naming the estimators it applies to."""
-    names: dict[str, list[str]] = {}
-    for e in estimates:
-        for flag in e.flags:
-            names.setdefault(flag, []).append(e.estimator)
-    return [f"! {', '.join(estimators)}: {flag}" for flag, estimators in names.items()]
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:

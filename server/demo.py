@@ -25,6 +25,7 @@ from embeddings.index import IndexArtifact
 from offline_eval.evaluation import evaluate
 from offline_eval.logs import DecisionLog, read_logs
 from offline_eval.replay import decisions
+from offline_eval.report import flag_lines, format_estimates
 from offline_eval.summary import Evaluation
 from offline_eval.world import CONTEXT_KEYS, SyntheticWorld, WorldConfig, item_index, user_index
 from server.app import ScoutServer, start_server
@@ -150,22 +151,21 @@ async def demo(config: DemoConfig) -> Outcome | None:
     since_ms = int(log_data.where(later).decided_ms().min())
     index = IndexArtifact.load(root / "index")
     served = load_policy(snapshot)
-    if set(TARGET_PARAMS) - set(served.params()):
+    served_params = served.params()
+    if set(TARGET_PARAMS) - set(served_params):
         raise RuntimeError(f"the demo's target sets {sorted(TARGET_PARAMS)}, which a {served.name} policy lacks")
     target = load_policy(snapshot, TARGET_PARAMS)
     (root / "target.npz").write_bytes(target.to_bytes())
     result = evaluate(held_out, index, target, seed=config.seed)
     truth = true_value(world, held_out, index, target, seed=config.seed)
     logged = float(np.mean([sum(r) for r in held_out["rewards"]]))
-    change = ", ".join(f"{k} {v:g} instead of {served.params()[k]:g}" for k, v in TARGET_PARAMS.items())
+    change = ", ".join(f"{k} {v:g} instead of {served_params[k]:g}" for k, v in TARGET_PARAMS.items())
     print(
         f"5. offline evaluation of a policy that was never served: the control variant's model as it stood after "
         f"the first {half} requests (version {target.version}), with {change},\n"
         f"   estimated from the {len(held_out)} decisions the control variant logged after it "
         f"(whose own average reward was {logged:.4f}):\n"
     )
-    from server.cli import flag_lines, format_estimates
-
     print(format_estimates(result.estimates, truth))
     for line in flag_lines(result.estimates):
         print(line)

@@ -98,7 +98,7 @@ def test_evaluate_external_prints_the_streaming_estimates_flags_and_errors(
 
 def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
     from offline_eval.base import Estimate
-    from server.cli import flag_lines, format_estimates
+    from offline_eval.report import flag_lines, format_estimates
 
     def estimate(name: str, *flags: str) -> Estimate:
         return Estimate(name, 0.5, 0.4, 0.6, 0.95, 100, "normal", 0.05, flags)
