@@ -181,9 +181,9 @@ def format_estimates(estimates: Sequence[Estimate], truth: float | None = None, 
     lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level * 100:g}% interval':<22}"]
     for e in estimates:
         flag = "  !" if e.flags else ""
-        lines.append(f"{e.estimator:<{w}}{e.value:>10.4g}   [{e.lower:.4g}, {e.upper:.4g}]{flag}")
+        lines.append(f"{e.estimator:<{w}}{e.value:>10.4f}   [{e.lower:.4f}, {e.upper:.4f}]{flag}")
     if truth is not None:
-        lines.append(f"{'true value':<{w}}{truth:>10.4g}   (known to the synthetic world)")
+        lines.append(f"{'true value':<{w}}{truth:>10.4f}   (known to the synthetic world)")
     return "\n".join(lines)
 
 
