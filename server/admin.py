@@ -100,11 +100,12 @@ class AdminService(scout_pb2_grpc.AdminServicer):
         self, request: scout_pb2.ReloadIndexRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.ReloadIndexResponse:
         """Point ``CURRENT`` at ``version`` (when given) and swap in the version it names."""
+        if request.version:  # the request is checked before the server's state, as every RPC does
+            check_string("version", request.version, MAX_ID_CHARS)
         reloader = self.server.reloader
         if reloader is None:
             raise FailedPrecondition("the index is a single artifact, not a versions root: nothing to reload")
         if request.version:
-            check_string("version", request.version, MAX_ID_CHARS)
             published = await asyncio.to_thread(IndexArtifact.versions, reloader.root)
             if request.version not in published:
                 raise NotFound(f"version {echo(request.version)} is not published; have {listing(published)}")

@@ -63,7 +63,7 @@ def check_number(field: str, value: float, max_abs: float) -> None:
     if not math.isfinite(value):
         raise InvalidArgument(f"{field} must be finite, got {value}")
     if abs(value) > max_abs:
-        raise InvalidArgument(f"{field} must be between {-max_abs:g} and {max_abs:g}, got {value:g}")
+        raise InvalidArgument(f"{field} must be between {-max_abs:g} and {max_abs:g}, got {float(value)!r}")
 
 
 def check_ids(field: str, ids: Sequence[str]) -> None:
@@ -91,8 +91,8 @@ def check_recommend(
     Raises
     ------
     InvalidArgument
-        A field is empty, too long, too large, non-finite or unknown to the experiment; the message starts with
-        the field's name.
+        A field is empty, too long, too large, non-finite or unknown to the experiment, or ``num_items`` is more
+        than the experiment ranks (its ``candidates``); the message starts with the field's name.
     NotFound
         No experiment serves ``surface``.
     """
@@ -113,6 +113,11 @@ def check_recommend(
         known = sorted({s for e in settings.experiments for s in e.surfaces})
         raise NotFound(f"surface {echo(surface)} has no experiment; configured surfaces: {listing(known)}")
     experiment = placement.experiment
+    if num_items > experiment.candidates:
+        raise InvalidArgument(
+            f"num_items must be at most {experiment.candidates}, the candidates experiment {experiment.name!r} "
+            f"ranks, got {num_items}"
+        )
     for key, value in context.items():
         if key not in experiment.context_keys:
             raise InvalidArgument(

@@ -91,6 +91,8 @@ def test_admin_requests_are_validated(stubs) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "(5000 characters)" in message
     code, message = code_of(lambda: admin.ReloadIndex(scout_pb2.ReloadIndexRequest()))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "not a versions root" in message
+    code, message = code_of(lambda: admin.ReloadIndex(scout_pb2.ReloadIndexRequest(version="v" * 513)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("version"), message  # request first
 
 
 def test_counters_follow_the_traffic(scout, stubs) -> None:

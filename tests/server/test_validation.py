@@ -192,6 +192,26 @@ def test_limits_come_from_settings(index: IndexArtifact) -> None:
         recommender.decide(RecommendInput("u", "home", 2, {"mobile": 10.5}))
 
 
+def test_num_items_beyond_the_experiments_candidates_is_refused(index: IndexArtifact) -> None:
+    settings = load_settings(environ={})  # max_num_items 50; the default experiment ranks 30 candidates
+    candidates = settings.experiments[0].candidates
+    assert settings.server.max_num_items > candidates
+    recommender = Recommender(settings, index, PolicyBook(settings, index.dim), seed=0)
+    assert len(recommender.decide(RecommendInput("u", "home", candidates, {})).scores) == candidates
+    with pytest.raises(InvalidArgument, match=rf"^num_items must be at most {candidates}, .*'home-ranking'.*got 31$"):
+        recommender.decide(RecommendInput("u", "home", candidates + 1, {}))  # was a silently shorter slate
+
+
+@pytest.mark.redis
+def test_a_value_just_beyond_a_limit_is_shown_as_sent(stub) -> None:
+    code, message = fails(lambda: stub.Recommend(recommend(context={"mobile": 1000000.5})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.endswith("got 1000000.5"), message  # not 1e+06
+    reply = stub.Recommend(recommend())
+    reward = scout_pb2.RewardRequest(event_id=reply.event_id, item_id=reply.items[0].item_id, value=-1000001.0)
+    code, message = fails(lambda: stub.Reward(reward))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.endswith("got -1000001.0"), message
+
+
 @pytest.mark.redis
 def test_outcome_messages_echo_ids_cut_short(stub) -> None:
     reply = stub.Recommend(recommend())
