@@ -360,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     external.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     args = parser.parse_args(argv)
+    if parent := os.environ.pop("SCOUT_PARENT_PID", ""):  # a child of `scout serve --workers`: never outlive it
+        from server.redis_server import die_with_parent
+
+        die_with_parent(int(parent))
     configure_logging(args.log_level, args.log_format)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it tried: noise unless debugging

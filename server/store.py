@@ -44,17 +44,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 
 from server.settings import Settings
 
-# KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), then five per decision:
-# its JSON, served items, due time, event id, reward aggregation. Only a script's first write can be refused for
-# memory (Redis does not stop a script midway for it), so a batch refused for memory stores nothing.
+# KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), deadline (epoch ms),
+# then five per decision: its JSON, served items, due time, event id, reward aggregation. A batch that reaches Redis
+# after its deadline, when its caller has given up (a stalled Redis runs its queued calls when it wakes, in no set
+# order, so a withdrawal may come after the joiner), stores nothing. Only a script's first write can be refused for
+# memory (Redis does not stop a script midway for it), so a batch refused for memory stores nothing too.
 _RECORD = """
 local cap, ttl = tonumber(ARGV[1]), ARGV[2]
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+  return redis.error_reply('STALE the decisions reached Redis after their deadline; none stored')
+end
 for i = 3, #KEYS do
-  local a = 5 * i - 12
+  local a = 5 * i - 11
   redis.call('HSET', KEYS[i], 'decision', ARGV[a], 'items', ARGV[a + 1], 'agg', ARGV[a + 4])
   redis.call('PEXPIRE', KEYS[i], ttl)
   redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 3])
@@ -164,6 +171,8 @@ end
 return 0
 """
 
+#: How long a Redis call waits for its reply (s): a stalled Redis surfaces as an error after it.
+SOCKET_TIMEOUT_S = 5.0
 ACCEPTED, DUPLICATE, UNKNOWN, CLOSED, NOT_IN_SLATE = 1, 0, -1, -2, -3
 LATE, LATE_DUPLICATE = 3, 2
 #: Publishing outcomes of :meth:`Store.publish`.
@@ -195,12 +204,18 @@ class Store:
         Key prefix (used as a hash tag).
     shards
         How many shards the decisions are spread over (1: every key under the one hash tag ``{prefix}``).
+    record_within_s
+        Decisions that reach Redis later than this after they were sent are not stored: their caller has given up
+        (the client's socket timeout). Scout's hosts and Redis must agree on the time to well within it.
     """
 
-    def __init__(self, client: Any, prefix: str = "scout", shards: int = 1) -> None:
+    def __init__(
+        self, client: Any, prefix: str = "scout", shards: int = 1, record_within_s: float = SOCKET_TIMEOUT_S
+    ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
         self.client = client
+        self.record_within_ms = int(record_within_s * 1000)
         self.shards = shards
         self.prefix = f"{{{prefix}}}"
         tags = [self.prefix] if shards == 1 else [f"{{{prefix}:{k}}}" for k in range(shards)]
@@ -265,7 +280,8 @@ class Store:
     ) -> list[Exception | None]:
         """Store decisions (from :meth:`decision_entry`) as :meth:`record_decision` does, one Redis call per shard.
 
-        The result holds, per decision, None or the error of its shard's call.
+        The result holds, per decision, None or the error of its shard's call. A call Redis runs more than
+        ``record_within_s`` after it was sent stores nothing and fails with ``redis.TimeoutError``.
         """
         by_shard: dict[int, list[int]] = {}
         for k, entry in enumerate(entries):
@@ -274,11 +290,16 @@ class Store:
 
         async def shard_call(shard: int, members: list[int]) -> None:
             keys = [self.due_keys[shard], self.decision_keys[shard]]
-            args: list[Any] = [stream_maxlen, ttl_ms]
+            args: list[Any] = [stream_maxlen, ttl_ms, now_ms() + self.record_within_ms]
             for k in members:
                 keys.append(self.pending_key(entries[k].event_id, shard))
                 args += entries[k].args
-            await self._record(keys=keys, args=args)
+            try:
+                await self._record(keys=keys, args=args)
+            except redis.ResponseError as exc:
+                if str(exc).startswith("STALE"):  # answered too late to count: the outage its caller timed out on
+                    raise redis.TimeoutError(str(exc)) from exc
+                raise
 
         shards = list(by_shard.items())
         if len(shards) == 1:
@@ -478,8 +499,10 @@ def parse_positions(text: str, shards: int) -> list[str]:
 def redis_client(url: str, cluster: bool = False) -> Any:
     """An asyncio Redis (or Redis Cluster) client with timeouts, so a stalled Redis surfaces as an error."""
     if cluster:
-        return aioredis.RedisCluster.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+        return aioredis.RedisCluster.from_url(url, socket_connect_timeout=2.0, socket_timeout=SOCKET_TIMEOUT_S)
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=10
+    )
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:

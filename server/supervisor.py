@@ -9,7 +9,9 @@ configured one: every process's series, labelled by ``worker`` (:class:`server.m
 
 SIGTERM or SIGINT to the parent is passed on to every child; each drains its in-flight requests and the worker
 flushes its logs, as a single ``scout serve`` does. A child that exits unexpectedly is restarted after a short,
-growing delay, and the restart is logged.
+growing delay, and the restart is logged. A parent that dies without passing anything on (kill -9) takes its
+children with it: each gets SIGTERM from the kernel (Linux ``PR_SET_PDEATHSIG``, set by the child at start from
+``SCOUT_PARENT_PID``) and drains, so a restarted parent never shares its port with orphans it cannot see.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "SCOUT_WORKER_INDEX"
+PARENT_PID_ENV = "SCOUT_PARENT_PID"  # read by server.cli.main
 MAX_RESTART_DELAY_S = 10.0
 
 
@@ -75,6 +78,7 @@ def run_workers(
         env["SCOUT_REDIS_URL"] = redis_process.url
     env.update(SCOUT_INDEX=str(settings.index), SCOUT_HOST=settings.server.host, SCOUT_PORT=str(port))
     env["SCOUT_LOG_DIR"] = str(settings.export.log_dir)
+    env[PARENT_PID_ENV] = str(os.getpid())
     metrics_ports: dict[str, int] = {}
     metrics_http = None
     if settings.server.metrics_port is not None:

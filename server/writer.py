@@ -7,7 +7,8 @@ answers: :meth:`DecisionWriter.write` returns only after its own decision is sto
 
 Decisions stored but never delivered are withdrawn in the background, batched, retrying while Redis does not
 answer: those whose caller was cancelled after its batch was sent, and those of a call that was lost or timed out
-(Redis can run the script and lose the reply, or run it late after a stall) while its callers answer UNAVAILABLE.
+(Redis can run the script and lose the reply) while its callers answer UNAVAILABLE. A call Redis runs after its
+deadline, late after a stall, stores nothing (see :meth:`Store.record_decisions`).
 """
 
 from __future__ import annotations

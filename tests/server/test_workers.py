@@ -106,3 +106,32 @@ def test_a_single_server_does_not_share_its_port_by_accident(index_dir: Path, tm
         assert code != 0 and "bind to address" in second.log.read_text()
     finally:
         first.terminate()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_children_do_not_outlive_a_killed_parent(index_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of the parent left both serving processes and the worker running, unsupervised, on the port: a
+    restarted parent then shared it with orphans its metrics and its SIGTERM never reached."""
+    port = free_port()
+    config = write_config(tmp_path / "scout.toml", index_dir, tmp_path, port=port)
+    parent = Proc(["serve", "--config", str(config), "--workers", "2"], tmp_path / "serve.log", port)
+    try:
+        parent.wait_serving()
+        wait_for(lambda: len(_children(parent.process.pid)) >= 4, 30, "Redis, two serving processes and the worker")
+        children = _children(parent.process.pid)
+        parent.kill()
+        wait_for(lambda: not any(_alive(c) for c in children), 60, "the children to exit")
+    finally:
+        parent.terminate()
+    with grpc.insecure_channel(parent.target) as channel, pytest.raises(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(channel).result(timeout=2)  # nothing answers on the port any more

@@ -149,6 +149,33 @@ def test_a_stalled_redis_fails_the_waiting_callers_at_once_not_a_timeout_each(
     assert stored == [False, True] and due_entries == 2
 
 
+def test_decisions_that_reach_a_stalled_redis_after_their_deadline_are_not_stored(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    """No withdrawal needed: when Redis wakes it runs its queued calls in no set order, so a withdrawal can come
+    after the joiner has already exported the decision (fault injection: 1-2 such rows per 12-20 s stall)."""
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 3)
+
+    async def scenario() -> tuple[list[Exception | None], list[int], int]:
+        store = Store(aioredis.Redis.from_url(clean_redis, socket_timeout=0.3), record_within_s=0.3)
+        other = aioredis.Redis.from_url(clean_redis)
+        due = int(time.time() * 1000) + 60_000
+        await store.record_decisions([store.decision_entry(records[0], due)], 0)  # Redis knows the script
+        spin = asyncio.create_task(other.eval(_SPIN, 0, 1500))  # Redis stalls for 1.5 s
+        await asyncio.sleep(0.05)
+        errors = await store.record_decisions([store.decision_entry(r, due) for r in records[1:]], 0)
+        await spin  # Redis has now run the stalled call, after its deadline
+        stored = [int(await other.exists(store.pending_key(r["event_id"]))) for r in records]
+        due_entries = int(await other.zcard(store.due_keys[0]))
+        await store.client.aclose()
+        await other.aclose()
+        return errors, stored, due_entries
+
+    errors, stored, due_entries = asyncio.run(scenario())
+    assert all(isinstance(e, redis.TimeoutError) for e in errors), errors
+    assert stored == [1, 0, 0] and due_entries == 1  # the old code stored both once Redis woke
+
+
 def test_unrecord_decisions_withdraws_stored_ones_across_shards_in_one_call_each(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
 ) -> None:
