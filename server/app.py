@@ -91,12 +91,12 @@ class ScoutServer:
 
 
 async def _watch_health(server: ScoutServer, servicer: health.aio.HealthServicer) -> None:  # type: ignore[name-defined]
-    """Keep the health status true: NOT_SERVING while Redis does not answer or a background loop is down."""
+    """Keep the health status true: NOT_SERVING while Redis takes no write or a background loop is down."""
     interval = server.settings.server.health_interval_s
     while not server.stop_event.is_set():
         problems = [loop.name for loop in server.loops + server.background.loops if not loop.healthy]
         try:
-            await asyncio.wait_for(server.store.client.ping(), timeout=max(interval, 1.0))
+            await asyncio.wait_for(server.store.probe(), timeout=max(interval, 1.0))
         except Exception as exc:
             problems.append(f"redis ({type(exc).__name__})")
         serving = not problems

@@ -23,7 +23,7 @@ Shared by all shards, under the hash tag ``{p}``:
 - ``{p}:learner``: per shard, the id of the last joined entry the published snapshots include (``position``,
   comma-separated in shard order) and how many entries were applied and skipped as poisonous (``applied``,
   ``skipped``); ``{p}:learner:lease``: which learner may publish (expires unless renewed);
-- ``{p}:paused``: paused variants;
+- ``{p}:paused``: paused variants; ``{p}:health``: the health checks' write probe (expires after 60 s);
 - ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
   writing before acknowledging it.
 
@@ -228,6 +228,7 @@ class Store:
         self.lease = f"{self.prefix}:learner:lease"
         self.inflight = f"{self.prefix}:export:inflight"
         self.paused_key = f"{self.prefix}:paused"
+        self.health_key = f"{self.prefix}:health"
         self._record = client.register_script(_RECORD)
         self._unrecord = client.register_script(_UNRECORD)
         self._reward = client.register_script(_REWARD)
@@ -407,6 +408,10 @@ class Store:
                 if (last.decode() if isinstance(last, bytes) else str(last)) != position:
                     return False
         return True
+
+    async def probe(self) -> None:
+        """Raise unless Redis takes a write now (a ping passes on a Redis at its memory cap that refuses them all)."""
+        await self.client.set(self.health_key, b"1", px=60_000)
 
     async def lags(self) -> tuple[int, float, float]:
         """Pending decisions, join lag and learner lag (seconds), for metrics.

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -293,17 +294,29 @@ def test_late_rewards_are_exported_to_their_own_dataset(scout) -> None:
     assert json.loads(json.dumps(rows[0]))["received_at"] > 0
 
 
-def test_a_full_redis_answers_unavailable_not_internal(index_dir: Path, tmp_path: Path) -> None:
+def test_a_full_redis_answers_unavailable_not_internal_and_health_says_so(index_dir: Path, tmp_path: Path) -> None:
     from conftest import run_server
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     full = RedisProcess(tmp_path / "full", maxmemory="1")  # every write is over the cap (noeviction)
     running, thread = run_server(make_settings(index_dir, full.url, tmp_path / "logs"))
+    request = scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2)
     try:
         with grpc.insecure_channel(running.target) as channel:
             stub = scout_pb2_grpc.RecommenderStub(channel)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Recommend(scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2))
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
+                stub.Recommend(request)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                return int(health.Check(health_pb2.HealthCheckRequest(service="scout.v1.Recommender")).status)
+
+            # A ping passes on a full Redis: health said SERVING while every Recommend failed.
+            wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+            redis.Redis.from_url(full.url).config_set("maxmemory", "0")
+            wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 10)
+            assert stub.Recommend(request).items
     finally:
         running.stop()
         running.loop.call_soon_threadsafe(running.loop.stop)
@@ -317,3 +330,10 @@ def test_worker_needs_a_shared_redis(monkeypatch: pytest.MonkeyPatch, caplog: py
     monkeypatch.delenv("SCOUT_REDIS_URL", raising=False)
     assert main(["worker", "--learner"]) == 2
     assert "scout worker needs a shared Redis" in caplog.text
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
