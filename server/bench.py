@@ -41,8 +41,6 @@ from server.pb import scout_pb2, scout_pb2_grpc
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 #: Most client channels (TCP connections) one load run opens.
 MAX_CHANNELS = 256
-#: Most serving (and echo) processes ``scout bench`` starts.
-MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -481,9 +479,12 @@ def sample_response(target: str, spec: LoadSpec, item_ids: Sequence[str]) -> byt
     """One real Recommend response of ``spec``'s shape, serialized: the echo answers with these bytes."""
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
     with grpc.insecure_channel(target) as channel:
-        reply = scout_pb2_grpc.RecommenderStub(channel).Recommend(
-            requests_for(spec, item_ids, count=1)[0], timeout=30, metadata=metadata
-        )
+        try:
+            reply = scout_pb2_grpc.RecommenderStub(channel).Recommend(
+                requests_for(spec, item_ids, count=1)[0], timeout=30, metadata=metadata
+            )
+        except grpc.RpcError as exc:  # an unreachable target, a wrong token, an unknown surface: say so, once
+            raise RuntimeError(f"{target}: the first Recommend failed: {exc.code().name}: {exc.details()}") from None
     return bytes(reply.SerializeToString())
 
 

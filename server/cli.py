@@ -8,10 +8,12 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         help="working directory, cleared first; one holding files the demo did not write is refused "
         "(default .scout/demo)",
     )
-    demo.add_argument("--decisions", type=int, default=20000, help="Recommend calls to make (default 20000)")
-    demo.add_argument("--items", type=int, default=20000, help="catalog size (default 20000)")
-    demo.add_argument("--concurrency", type=int, default=8, help="simulated users in flight (default 8)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the world and the simulation (default 0)")
+    demo.add_argument(
+        "--decisions",
+        type=integer(2, 10**7),
+        default=20000,
+        help="Recommend calls to make, 2..1e7: the target learns from the first half (default 20000)",
+    )
+    demo.add_argument("--items", type=integer(1, 10**7), default=20000, help="catalog size, 1..1e7 (default 20000)")
+    demo.add_argument(
+        "--concurrency", type=integer(1, 1024), default=8, help="simulated users in flight, 1..1024 (default 8)"
+    )
+    demo.add_argument("--seed", type=SEED, default=0, help="seed of the world and the simulation (default 0)")
 
     world = commands.add_parser(
         "world",
@@ -59,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate a synthetic world and write its catalog as Parquet.",
     )
     world.add_argument("--out", type=Path, required=True, help="catalog file to write (.parquet)")
-    world.add_argument("--items", type=int, default=20000, help="number of items (default 20000)")
-    world.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    world.add_argument("--items", type=integer(1, 10**7), default=20000, help="number of items, 1..1e7 (default 20000)")
+    world.add_argument("--seed", type=SEED, default=0, help="world seed (default 0)")
 
     build = commands.add_parser(
         "build",
@@ -71,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--catalog", type=Path, required=True, help="catalog Parquet file")
     build.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default auto)")
-    build.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
-    build.add_argument("--batch-size", type=int, default=4096, help="items per encoding batch (default 4096)")
-    build.add_argument("--seed", type=int, default=0, help="encoder seed (default 0)")
+    build.add_argument("--dim", type=integer(1, 4096), default=32, help="embedding dimension, 1..4096 (default 32)")
+    build.add_argument("--batch-size", type=COUNT, default=4096, help="items per encoding batch (default 4096)")
+    build.add_argument("--seed", type=SEED, default=0, help="encoder seed (default 0)")
     build.add_argument(
         "--text-encoder", choices=("hashed", "minilm"), default="hashed", help="text encoder (default hashed)"
     )
@@ -85,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         help="FAISS index (default auto: flat below 50k items, else IVF-Flat with fp16 lists and nprobe tuned to the "
         "target recall)",
     )
-    build.add_argument("--nlist", type=int, help="IVF lists (default 4*sqrt(N) as a power of two)")
-    build.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned)")
-    build.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantizers (default 16)")
+    build.add_argument("--nlist", type=integer(1, 2**20), help="IVF lists (default 4*sqrt(N) as a power of two)")
+    build.add_argument("--nprobe", type=integer(1, 2**20), help="IVF lists probed per query (default: tuned)")
+    build.add_argument("--pq-m", type=integer(1, 4096), default=16, help="IVF-PQ sub-quantizers (default 16)")
     build.add_argument(
         "--pq-bits", type=int, default=8, help="IVF-PQ bits per code (default 8; 4 scans the codes in SIMD blocks)"
     )
     build.add_argument(
         "--rerank",
-        type=int,
+        type=integer(0, 1000),
         default=0,
         help="IVF-PQ: re-score RERANK x k candidates exactly from the stored vectors (default 0: off)",
     )
@@ -103,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --index-type ivf_flat: keep the vectors as 16-bit floats (half the memory, faster scans at "
         "about the same recall; auto does so already)",
     )
-    build.add_argument("--m", type=int, default=32, help="HNSW graph degree (default 32)")
-    build.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam (default 40)")
-    build.add_argument("--ef-search", type=int, help="HNSW search beam (default: tuned)")
-    build.add_argument("--train-size", type=int, help="vectors sampled to train IVF (default min(N, 64*nlist))")
+    build.add_argument("--m", type=integer(1, 1024), default=32, help="HNSW graph degree (default 32)")
+    build.add_argument("--ef-construction", type=integer(1, 10**6), default=40, help="HNSW build beam (default 40)")
+    build.add_argument("--ef-search", type=integer(1, 10**6), help="HNSW search beam (default: tuned)")
+    build.add_argument("--train-size", type=COUNT, help="vectors sampled to train IVF (default min(N, 64*nlist))")
     build.add_argument(
         "--target-recall", type=float, default=0.95, help="recall@200 the tuned nprobe/ef-search reach (default 0.95)"
     )
@@ -128,18 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--logs", help="exported Scout logs: Parquet file or directory, a path or a gs://, s3:// URI")
     source.add_argument(
-        "--synthetic-seed", type=int, help="the --seed `scout world` made --catalog with: pairs from its users"
+        "--synthetic-seed", type=SEED, help="the --seed `scout world` made --catalog with: pairs from its users"
     )
     train.add_argument(
         "--text-encoder", choices=("hashed", "minilm"), default="hashed", help="text input (default hashed)"
     )
-    train.add_argument("--dim", type=int, default=32, help="vector dimension (default 32)")
-    train.add_argument("--epochs", type=int, default=8, help="passes over the pairs (default 8)")
-    train.add_argument("--batch-size", type=int, default=512, help="pairs per step (default 512)")
-    train.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
-    train.add_argument("--max-pairs-per-unit", type=int, default=200, help="pairs sampled per unit (default 200)")
+    train.add_argument("--dim", type=integer(1, 4096), default=32, help="vector dimension, 1..4096 (default 32)")
+    train.add_argument("--epochs", type=integer(1, 10**5), default=8, help="passes over the pairs (default 8)")
+    train.add_argument("--batch-size", type=COUNT, default=512, help="pairs per step (default 512)")
+    train.add_argument(
+        "--workers", type=integer(0, 64), default=0, help="data loader worker processes, 0..64 (default 0)"
+    )
+    train.add_argument("--max-pairs-per-unit", type=COUNT, default=200, help="pairs sampled per unit (default 200)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default auto)")
-    train.add_argument("--seed", type=int, default=0, help="weights and pair order seed (default 0)")
+    train.add_argument("--seed", type=SEED, default=0, help="weights and pair order seed (default 0)")
 
     serve = commands.add_parser(
         "serve",
@@ -157,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=integer(1, 64),
         default=1,
-        help="serving processes sharing the port with SO_REUSEPORT, plus one `scout worker` for the background "
-        "loops (default 1: a single process); needs a fixed --port",
+        help="serving processes sharing the port with SO_REUSEPORT, 1..64, plus one `scout worker` for the "
+        "background loops (default 1: a single process); needs a fixed --port",
     )
     serve.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set by --workers)")
     serve.add_argument(
@@ -181,32 +192,40 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--target", help="HOST:PORT of a running Scout server (default: start one)")
     bench.add_argument(
         "--server-pid",
-        type=int,
+        type=PID,
         nargs="+",
         help="with --target: the serving processes' pids (each one of a --workers server), for CPU per request",
     )
-    bench.add_argument("--worker-pid", type=int, help="with --target: the scout worker's pid, for its CPU per request")
+    bench.add_argument("--worker-pid", type=PID, help="with --target: the scout worker's pid, for its CPU per request")
     bench.add_argument("--config", type=Path, help="TOML settings for the started server")
     bench.add_argument("--index", type=Path, help="index artifact (or versions root) the requests draw seeds from")
-    bench.add_argument("--concurrency", type=int, nargs="*", default=[1, 16], help="closed-loop levels (default 1 16)")
-    bench.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop levels, requests per second")
-    bench.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and server")
-    bench.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
-    bench.add_argument("--num-items", type=int, default=10, help="slate size asked for (default 10)")
+    bench.add_argument(
+        "--concurrency", type=integer(1, 4096), nargs="*", default=[1, 16], help="closed-loop levels (default 1 16)"
+    )
+    bench.add_argument(
+        "--rate", type=number(0, 10**6, low_open=True), nargs="*", default=[], help="open-loop levels, requests/s"
+    )
+    bench.add_argument(
+        "--duration", type=number(0, 86400, low_open=True), default=10.0, help="measured seconds per level and server"
+    )
+    bench.add_argument(
+        "--warmup", type=number(0, 86400), default=2.0, help="unmeasured seconds before each measurement"
+    )
+    bench.add_argument("--num-items", type=integer(1, 1000), default=10, help="slate size asked for (default 10)")
     bench.add_argument("--surface", default="home", help="surface to fill (default home)")
-    bench.add_argument("--reward-share", type=float, default=0.0, help="rewards sent per Recommend, 0..1")
+    bench.add_argument("--reward-share", type=number(0, 1), default=0.0, help="rewards sent per Recommend, 0..1")
     bench.add_argument("--token", help="bearer token, if the server wants one")
-    bench.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    bench.add_argument("--seed", type=SEED, default=0, help="seed of the request mix")
     bench.add_argument(
         "--workers",
-        type=int,
+        type=integer(1, 64),
         default=1,
         help="serving processes sharing one port, as scout serve --workers runs them (default 1): without --target, "
         "started so; with --target, how many the target runs (then --server-pid names each). The echo gets as many",
     )
     bench.add_argument(
         "--channels",
-        type=int,
+        type=integer(1, 256),
         help="client channels (TCP connections) the load is spread over (default 1, or 4 per worker with --workers: "
         "the kernel gives each connection to one process); in a closed loop, channels beyond --concurrency stay idle",
     )
@@ -278,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("--key-prefix", default="scout", help="the servers' key_prefix (default scout)")
     evaluate.add_argument(
-        "--generation", type=int, default=0, help="the --served variants' generation (see warm start; default 0)"
+        "--generation",
+        type=integer(0, 10**9),
+        default=0,
+        help="the --served variants' generation (see warm start; default 0)",
     )
     evaluate.add_argument("--policy", action="append", default=[], help="fresh policy type to evaluate, repeatable")
     evaluate.add_argument(
@@ -306,10 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("--primary", help="estimator that ranks and gates (default: the last of --estimators)")
     evaluate.add_argument(
-        "--bootstrap", type=int, default=0, help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)"
+        "--bootstrap",
+        type=integer(0, 10**5),
+        default=0,
+        help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)",
     )
-    evaluate.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    evaluate.add_argument(
+        "--level", type=number(0, 1, low_open=True, high_open=True), default=0.95, help="interval level (default 0.95)"
+    )
+    evaluate.add_argument("--seed", type=SEED, default=0, help="bootstrap and cross-fitting seed (default 0)")
     evaluate.add_argument(
         "--learning",
         action="store_true",
@@ -318,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument(
         "--learn-every",
-        type=int,
+        type=COUNT,
         default=500,
         help="with --learning: logged decisions between the learner's updates (default 500)",
     )
@@ -342,16 +369,24 @@ def main(argv: list[str] | None = None) -> int:
         "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
     )
     external.add_argument(
-        "--bootstrap", type=int, default=0, help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)"
+        "--bootstrap",
+        type=integer(0, 10**5),
+        default=0,
+        help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)",
     )
-    external.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    external.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed (default 0)")
     external.add_argument(
-        "--batch-size", type=int, default=1 << 20, help="rows read per batch; bounds the memory (default 1048576)"
+        "--level", type=number(0, 1, low_open=True, high_open=True), default=0.95, help="interval level (default 0.95)"
+    )
+    external.add_argument("--seed", type=SEED, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    external.add_argument(
+        "--batch-size",
+        type=integer(1, 1 << 24),
+        default=1 << 20,
+        help="rows read per batch, 1..16777216; bounds the memory (default 1048576)",
     )
     external.add_argument(
         "--reward-range",
-        type=float,
+        type=number(),
         nargs=2,
         metavar=("LOW", "HIGH"),
         help="bounds of one slot's reward, for flagging impossible estimates (default: the observed range)",
@@ -372,6 +407,51 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM where a command turns it into one): cleaned up, no traceback
+        log.error("interrupted")
+        return 130
+
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (argparse names the flag when it refuses one)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in {low}..{high}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def number(
+    low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number between ``low`` and ``high`` (excluded where open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and inside):
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {bounds}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+#: Seeds: numpy's and torch's generators take any of these.
+SEED = integer(0, 2**63 - 1)
+#: Counts with no natural limit below a C int's.
+COUNT = integer(1, 2**31 - 1)
+#: Process ids (Linux's pid_max is at most 2**22).
+PID = integer(1, 2**22)
 
 
 def port_number(text: str) -> int:
@@ -411,11 +491,6 @@ def epoch_ms(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from server.demo import DemoConfig, run_demo
 
-    if args.decisions < 2:
-        raise ValueError(
-            f"--decisions must be at least 2 (the target learns from half, is evaluated on the other), "
-            f"got {args.decisions}"
-        )
     config = DemoConfig(args.dir, args.decisions, args.items, args.concurrency, args.seed)
     return asyncio.run(run_demo(config))
 
@@ -811,17 +886,13 @@ def _bench(args: argparse.Namespace) -> None:
 
     for option, pids in (("--server-pid", args.server_pid or []), ("--worker-pid", [args.worker_pid])):
         for pid in pids:
-            if pid is not None and (args.target is None or pid <= 0):
+            if pid is not None and args.target is None:
                 raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
-    if not 1 <= args.workers <= bench.MAX_WORKERS:
-        raise ValueError(f"--workers must be in 1..{bench.MAX_WORKERS}, got {args.workers}")
     if args.server_pid and len(args.server_pid) != args.workers:
         raise ValueError(
             f"--server-pid names {len(args.server_pid)} processes, --workers says the target runs {args.workers}: "
             "give every serving process's pid (not the pid of a scout serve --workers parent)"
         )
-    if args.channels is not None and not 1 <= args.channels <= bench.MAX_CHANNELS:
-        raise ValueError(f"--channels must be in 1..{bench.MAX_CHANNELS}, got {args.channels}")
     channels = args.channels if args.channels is not None else 1 if args.workers == 1 else 4 * args.workers
     settings = load_settings(args.config)
     index = args.index if args.index is not None else settings.index
@@ -842,6 +913,7 @@ def _bench(args: argparse.Namespace) -> None:
     if not specs:
         raise ValueError("give at least one --concurrency or --rate level")
     item_ids = bench.catalog_item_ids(index)
+    signal.signal(signal.SIGTERM, _interrupted)  # stop what it started and remove its directory, as on Ctrl-C
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
         servers: contextlib.AbstractContextManager[tuple[str, tuple[int, ...], int | None]]
         if args.target is None:
@@ -856,6 +928,10 @@ def _bench(args: argparse.Namespace) -> None:
     print(bench.table(results))
     for path in bench.save(results, args.out, bench.machine()):
         print(f"wrote {path}")
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 COMMANDS = {

@@ -58,6 +58,13 @@ class DemoConfig:
     reward_window_s: float = 5.0
     click_delay_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name, low in (("decisions", 2), ("items", 1), ("concurrency", 1), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not (self.reward_window_s > 0 and self.click_delay_s >= 0):
+            raise ValueError("reward_window_s must be positive and click_delay_s not negative")
+
 
 @dataclass(frozen=True)
 class Traffic:

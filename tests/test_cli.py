@@ -20,8 +20,9 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["build", "--catalog", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--logs", str(tmp_path), "--index", str(tmp_path / "idx"), "--policy", "linucb"]) == 2
     # The demo's target learns from half of the requests and is evaluated on the other half.
-    assert main(["demo", "--decisions", "1", "--dir", str(tmp_path / "demo")]) == 2
-    assert "--decisions must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--decisions", "1", "--dir", str(tmp_path / "demo")])
+    assert refused.value.code == 2 and "--decisions: must be an integer in 2.." in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
     # The demo clears its directory first: one holding anything else is refused, and left as it was.
     (tmp_path / "mine").mkdir()
@@ -29,6 +30,58 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["demo", "--decisions", "2", "--dir", str(tmp_path / "mine")]) == 2
     assert "holds notes.txt, which the demo did not write" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+BIG = str(10**12)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Each ran on before: a traceback (out of memory, an overflow in FAISS or pyarrow, a negative seed), a
+        # message not naming the flag, a hang, or hundreds of processes.
+        ["world", "--items", BIG],
+        ["world", "--items", "0"],
+        ["world", "--seed", "-1"],
+        ["demo", "--concurrency", "0"],
+        ["demo", "--items", BIG],
+        ["demo", "--decisions", BIG],
+        ["build", "--dim", BIG],
+        ["build", "--m", BIG],
+        ["build", "--ef-construction", BIG],
+        ["build", "--ef-search", BIG],
+        ["build", "--rerank", BIG],
+        ["build", "--nprobe", BIG],
+        ["build", "--seed", "-1"],
+        ["train-tower", "--epochs", BIG],
+        ["train-tower", "--workers", BIG],
+        ["train-tower", "--synthetic-seed", "-1"],
+        ["serve", "--workers", BIG],
+        ["bench", "--concurrency", "1", BIG],
+        ["bench", "--rate", BIG],
+        ["bench", "--duration", "inf"],
+        ["bench", "--warmup", "nan"],
+        ["bench", "--num-items", BIG],
+        ["bench", "--server-pid", BIG],
+        ["bench", "--seed", "-1"],
+        ["evaluate", "--bootstrap", BIG],
+        ["evaluate", "--seed", "-1"],
+        ["evaluate", "--level", "inf"],
+        ["evaluate", "--learn-every", "0"],
+        ["evaluate", "--generation", "-1"],
+        ["evaluate-external", "--batch-size", BIG],
+        ["evaluate-external", "--reward-range", "nan", "1"],
+        ["evaluate-external", "--level", "1"],
+    ],
+    ids=" ".join,
+)
+def test_numeric_options_out_of_range_are_refused_naming_the_flag(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and f"argument {argv[1]}: must be " in err, err
 
 
 def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: Path) -> None:
@@ -92,8 +145,11 @@ def test_evaluate_external_prints_the_streaming_estimates_flags_and_errors(
     assert table.startswith("2000 rounds; effective sample size") and "\n! dm: the logs give only" in table
     assert main(["evaluate-external", "--logs", str(tmp_path / "none.csv")]) == 2
     assert main([*args, "--reward-range", "1", "0"]) == 2
-    for bad in (["--level", "1.5"], ["--bootstrap", "-1"], ["--batch-size", "0"], ["--estimators", "ips,nope"]):
-        assert main([*args, *bad]) == 2, bad
+    assert main([*args, "--estimators", "ips,nope"]) == 2
+    for bad in (["--level", "1.5"], ["--bootstrap", "-1"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as refused:
+            main([*args, *bad])
+        assert refused.value.code == 2 and f"argument {bad[0]}: must be" in capsys.readouterr().err
 
 
 def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:

@@ -108,29 +108,38 @@ def test_bad_specs_are_refused() -> None:
     "argv",
     [
         ["--target", "127.0.0.1:1", "--worker-pid", "-5"],
-        ["--worker-pid", "12"],
         ["--target", "x:1", "--server-pid", "0"],
         ["--target", "x:1", "--server-pid", "12", "-3"],
+        ["--workers", "0"],
+        ["--channels", "0"],
     ],
 )
-def test_bad_process_ids_are_refused_naming_the_option(argv, caplog) -> None:
+def test_bad_process_ids_and_counts_are_refused_naming_the_option(argv, capsys) -> None:
     from server.cli import main
 
-    assert main(["bench", *argv]) == 2
-    option = "--worker-pid" if "--worker-pid" in argv else "--server-pid"
-    assert f"{option} must be a positive process id, given with --target" in caplog.text
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", *argv])
+    option = next(a for a in reversed(argv) if a.startswith("--"))
+    assert refused.value.code == 2 and f"argument {option}: must be an integer in 1.." in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--workers", "0"], "--workers must be in 1..64, got 0"),
-        (["--channels", "0"], "--channels must be in 1..256, got 0"),
-        (["--target", "x:1", "--workers", "2", "--server-pid", "12"], "--server-pid names 1 processes, --workers says"),
-    ],
-)
-def test_bad_worker_and_channel_counts_are_refused_naming_the_option(argv, message, caplog) -> None:
+def test_process_ids_need_a_target(caplog) -> None:
     from server.cli import main
 
-    assert main(["bench", *argv]) == 2
-    assert message in caplog.text
+    assert main(["bench", "--worker-pid", "12"]) == 2
+    assert "--worker-pid must be a positive process id, given with --target" in caplog.text
+
+
+def test_an_unreachable_target_is_one_clear_error(index_dir, tmp_path, caplog) -> None:
+    from server.cli import main
+
+    argv = ["--target", "127.0.0.1:1", "--index", str(index_dir), "--no-echo", "--no-progress"]
+    assert main(["bench", *argv, "--duration", "1", "--concurrency", "1", "--out", str(tmp_path / "b.json")]) == 2
+    assert "127.0.0.1:1: the first Recommend failed: UNAVAILABLE" in caplog.text  # was a gRPC traceback
+
+
+def test_server_pids_must_match_the_workers(caplog) -> None:
+    from server.cli import main
+
+    assert main(["bench", "--target", "x:1", "--workers", "2", "--server-pid", "12"]) == 2
+    assert "--server-pid names 1 processes, --workers says" in caplog.text
