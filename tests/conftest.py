@@ -86,11 +86,11 @@ class Running:
         self.run(self.server.stop(grace_s=1.0))
 
 
-def run_server(settings: Settings) -> tuple[Running, threading.Thread]:
+def run_server(settings: Settings, background: bool = True) -> tuple[Running, threading.Thread]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = asyncio.run_coroutine_threadsafe(start_server(settings), loop).result(timeout=60)
+    server = asyncio.run_coroutine_threadsafe(start_server(settings, background), loop).result(timeout=60)
     return Running(server, loop), thread
 
 

@@ -299,7 +299,8 @@ def test_a_full_redis_answers_unavailable_not_internal_and_health_says_so(index_
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     full = RedisProcess(tmp_path / "full", maxmemory="1")  # every write is over the cap (noeviction)
-    running, thread = run_server(make_settings(index_dir, full.url, tmp_path / "logs"))
+    # Serving only (as `scout serve --no-background` does): the background loops' own writes fail on a full Redis.
+    running, thread = run_server(make_settings(index_dir, full.url, tmp_path / "logs"), background=False)
     request = scout_pb2.RecommendRequest(unit_id="u", surface="home", num_items=2)
     try:
         with grpc.insecure_channel(running.target) as channel:
