@@ -6,6 +6,8 @@ import asyncio
 import collections
 import functools
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,6 +30,23 @@ Response = TypeVar("Response")
 MAX_STREAM_REWARDS = 10_000
 #: A decision is logged only if at least this long remains of the client's deadline after recording it.
 DEADLINE_MARGIN_S = 0.005
+
+
+#: An outage's per-request log lines: at most one per kind this often (every failed request still counts in metrics).
+OUTAGE_LOG_INTERVAL_S = 10.0
+_reported: dict[str, tuple[float, int]] = {}
+
+
+def _log_outage(level: int, kind: str, message: str, *args: object) -> None:
+    """Log a failure that repeats for every request during an outage once per interval, with the count left out."""
+    now = time.monotonic()
+    last, left_out = _reported.get(kind, (-math.inf, 0))
+    if now - last < OUTAGE_LOG_INTERVAL_S:
+        _reported[kind] = (last, left_out + 1)
+        return
+    _reported[kind] = (now, 0)
+    suffix = f" ({left_out} more like it in the last {now - last:.0f} s)" if left_out else ""
+    log.log(level, message + suffix, *args)
 
 
 class ClientGone(ScoutError):
@@ -54,13 +73,19 @@ def _status(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
         except ScoutError as exc:
             await context.abort(exc.code, str(exc))
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            log.warning("%s: redis unavailable: %s", handler.__name__, exc)
+            _log_outage(logging.WARNING, "unavailable", "%s: redis unavailable: %s", handler.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "state store unavailable; retry")
         except redis.ResponseError as exc:
             if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
                 log.exception("%s failed", handler.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            log.error("%s: redis is at its memory cap (maxmemory, noeviction): %s", handler.__name__, exc)
+            _log_outage(
+                logging.ERROR,
+                "full",
+                "%s: redis is at its memory cap (maxmemory, noeviction): %s",
+                handler.__name__,
+                exc,
+            )
             await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is full; retry later")
         except Exception:
             log.exception("%s failed", handler.__name__)

@@ -119,7 +119,9 @@ async def run_worker(
         bg.loops[-1].start()
     try:
         await stop.wait()
+        log.info("stopping: finishing the background loops' current steps and flushing the exporters")
         await bg.wait()
     finally:
         await store.client.aclose()
+    log.info("background %s stopped", ", ".join(roles))
     return bg

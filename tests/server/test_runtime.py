@@ -294,9 +294,13 @@ def test_late_rewards_are_exported_to_their_own_dataset(scout) -> None:
     assert json.loads(json.dumps(rows[0]))["received_at"] > 0
 
 
-def test_a_full_redis_answers_unavailable_not_internal_and_health_says_so(index_dir: Path, tmp_path: Path) -> None:
+def test_a_full_redis_answers_unavailable_not_internal_and_health_says_so(
+    index_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from conftest import run_server
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server import service
 
     full = RedisProcess(tmp_path / "full", maxmemory="1")  # every write is over the cap (noeviction)
     # Serving only (as `scout serve --no-background` does): the background loops' own writes fail on a full Redis.
@@ -308,6 +312,13 @@ def test_a_full_redis_answers_unavailable_not_internal_and_health_says_so(index_
             with pytest.raises(grpc.RpcError) as info:
                 stub.Recommend(request)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
+            service._reported.clear()
+            caplog.clear()
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError):
+                    stub.Recommend(request)
+            # One line for the outage, not one per request (a 40 s outage under load logged 2,439).
+            assert sum("memory cap" in r.getMessage() for r in caplog.records) == 1
             health = health_pb2_grpc.HealthStub(channel)
 
             def status() -> int:
