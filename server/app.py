@@ -138,6 +138,7 @@ async def _update_gauges(server: ScoutServer) -> float:
     metrics.pending.set(pending)
     metrics.join_lag.set(join_lag)
     metrics.learner_lag.set(learner_lag)
+    metrics.export_lag.set(await server.store.export_lag())
     metrics.fallbacks.set(recommender.fallbacks)
     metrics.index.info({"version": recommender.index.version})
     metrics.config.info({"version": recommender.config_version})

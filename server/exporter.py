@@ -37,7 +37,7 @@ import redis
 
 from offline_eval.logs import SCHEMA_VERSION, records_to_table
 from server.settings import ExportSettings
-from server.store import Store, joined_record, stream_id
+from server.store import EXPORTER_GROUP, Store, joined_record, stream_id
 
 log = logging.getLogger(__name__)
 LATE_SCHEMA = pa.schema(
@@ -72,7 +72,7 @@ def decision_dataset(store: Store, settings: ExportSettings, shard: int = 0) -> 
     return Dataset(
         "decisions",
         store.joined_keys[shard],
-        "exporter",
+        EXPORTER_GROUP,
         settings.log_dir,
         joined_record,
         records_to_table,

@@ -75,6 +75,11 @@ class Metrics:
         self.join_lag = Gauge(
             "scout_join_lag_seconds", "How far the oldest pending decision is past its due time", registry=r
         )
+        self.export_lag = Gauge(
+            "scout_export_lag_seconds",
+            "How long the oldest joined decision not yet in a Parquet file has waited",
+            registry=r,
+        )
         self.learner_lag = Gauge(
             "scout_learner_lag_seconds",
             "How much older the learner's position is than the newest joined decision",

@@ -173,6 +173,8 @@ return 0
 
 #: How long a Redis call waits for its reply (s): a stalled Redis surfaces as an error after it.
 SOCKET_TIMEOUT_S = 5.0
+#: The consumer group that exports the joined decisions.
+EXPORTER_GROUP = "exporter"
 ACCEPTED, DUPLICATE, UNKNOWN, CLOSED, NOT_IN_SLATE = 1, 0, -1, -2, -3
 LATE, LATE_DUPLICATE = 3, 2
 #: Publishing outcomes of :meth:`Store.publish`.
@@ -443,6 +445,30 @@ class Store:
                 learner_lag = max(learner_lag, (newest_ms - position_ms) / 1000)
         return pending, join_lag, learner_lag
 
+    async def export_lag(self, group: str = EXPORTER_GROUP) -> float:
+        """How long the oldest joined decision not yet exported (acknowledged by ``group``) has waited (worst shard).
+
+        Exporters hold entries until a file rolls (``export.flush_interval_s``), so it normally stays below that;
+        it grows without bound while no exporter can write (a full disk, a dead worker). 0 before an exporter has
+        created its group.
+        """
+        lag = 0.0
+        for stream in self.joined_keys:
+            try:
+                summary: Any = await self.client.xpending(stream, group)
+                groups: Any = await self.client.xinfo_groups(stream)
+            except redis.ResponseError:  # no stream or no group yet
+                continue
+            oldest = summary["min"] if summary["pending"] else None
+            if oldest is None:  # none read and unacknowledged: the first entry the group has not read yet
+                names = (group, group.encode())
+                last = next((g["last-delivered-id"] for g in groups if g["name"] in names), None)
+                after: Any = await self.client.xrange(stream, min=b"(" + _bytes(last), count=1) if last else []
+                oldest = after[0][0] if after else None
+            if oldest is not None:
+                lag = max(lag, (now_ms() - stream_id(_bytes(oldest).decode())[0]) / 1000)
+        return lag
+
     async def set_paused(self, experiment: str, variant: str, paused: bool) -> None:
         """Pause (or resume) a variant for every process sharing this Redis."""
         field = f"{experiment}\t{variant}"
@@ -508,6 +534,10 @@ def redis_client(url: str, cluster: bool = False) -> Any:
     return aioredis.Redis.from_url(
         url, socket_connect_timeout=2.0, socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=10
     )
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:

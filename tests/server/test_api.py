@@ -195,6 +195,7 @@ def test_metrics_move_with_the_traffic(index_dir, clean_redis, tmp_path) -> None
         slots = sum(v for k, v in after.items() if k.startswith("scout_served_slots_total"))
         assert slots == 21
         assert after["scout_pending_decisions"] == 7
+        assert after["scout_export_lag_seconds"] == 0  # nothing joined yet (60 s windows)
         assert f'scout_index_info{{version="{running.server.service.recommender.index.version}"}}' in after
         assert any(k.startswith("scout_policy_version{") for k in after)
         assert f'scout_config_info{{version="{running.server.service.recommender.config_version}"}}' in after

@@ -349,3 +349,31 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_export_lag_is_the_wait_of_the_oldest_decision_not_yet_exported(clean_redis: str) -> None:
+    """A full disk or a dead worker showed in no metric: the exporter's entries waited unseen."""
+
+    async def scenario() -> list[float]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        stream, now = store.joined_keys[0], int(time.time() * 1000)
+        lags = [await store.export_lag()]  # no stream, no group
+        for age_s in (120, 60, 30):
+            await store.client.xadd(stream, {"event_id": f"e{age_s}"}, id=f"{now - age_s * 1000}-0")
+        await store.client.xgroup_create(stream, "exporter", id="0")
+        lags.append(await store.export_lag())  # none read yet
+        await store.client.xreadgroup("exporter", "x", {stream: ">"}, count=2)
+        lags.append(await store.export_lag())  # two read, not acknowledged (a file not written)
+        first, second = (e for e, _ in (await store.client.xrange(stream, count=2)))
+        await store.client.xack(stream, "exporter", first, second)
+        lags.append(await store.export_lag())  # the third waits, unread
+        await store.client.xreadgroup("exporter", "x", {stream: ">"})
+        await store.client.xack(stream, "exporter", f"{now - 30_000}-0")
+        lags.append(await store.export_lag())  # all exported
+        await store.client.aclose()
+        return lags
+
+    lags = asyncio.run(scenario())
+    assert lags[0] == 0 and lags[4] == 0, lags
+    for lag, age in zip(lags[1:4], (120, 120, 30), strict=True):
+        assert age <= lag < age + 5, lags
