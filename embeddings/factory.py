@@ -111,6 +111,14 @@ class IndexConfig:
             )
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        ivf = ("ivf_flat", "ivf_pq")  # and auto, which builds IVF-Flat at scale; it never builds HNSW
+        applies = {"nlist": ivf, "nprobe": ivf, "train_size": ivf, "ef_search": ("hnsw",)}
+        for name, types in applies.items():  # a given option the index would ignore is a mistake worth naming
+            allowed = (*types, "auto") if types == ivf else types
+            if getattr(self, name) is not None and self.index_type not in allowed:
+                raise ValueError(f"{name} applies to index_type {' or '.join(types)} only, got {self.index_type!r}")
+        if self.nlist is not None and self.nprobe is not None and self.nprobe > self.nlist:
+            raise ValueError(f"nprobe must be at most nlist ({self.nlist}), got {self.nprobe}")
 
 
 def gpu_count() -> int:

@@ -202,6 +202,21 @@ def test_pq_bits_are_checked_against_faiss_and_the_training_sample() -> None:
         build_index(VECTORS[:500], IndexConfig(index_type="ivf_pq", nlist=4, pq_m=8, pq_bits=12))
 
 
+def test_options_the_index_would_ignore_are_refused() -> None:
+    # scout build --index-type flat --nlist 1000 built a flat index and said nothing
+    for index_type in ("flat", "hnsw"):
+        for name in ("nlist", "nprobe", "train_size"):
+            with pytest.raises(ValueError, match=f"{name} applies to index_type ivf_flat or ivf_pq only"):
+                IndexConfig(index_type=index_type, **{name: 8})
+    with pytest.raises(ValueError, match="ef_search applies to index_type hnsw only, got 'ivf_flat'"):
+        IndexConfig(index_type="ivf_flat", ef_search=64)
+    with pytest.raises(ValueError, match=r"nprobe must be at most nlist \(16\), got 17"):
+        IndexConfig(index_type="ivf_flat", nlist=16, nprobe=17)
+    with pytest.raises(ValueError, match="ef_search applies to index_type hnsw only, got 'auto'"):
+        IndexConfig(ef_search=64)  # auto builds flat or IVF-Flat
+    IndexConfig(nlist=16, nprobe=16, train_size=100)  # auto builds IVF-Flat at scale
+
+
 def test_rerank_is_for_ivf_pq_only() -> None:
     with pytest.raises(ValueError, match="fp16 applies to index_type ivf_flat only, got 'auto'"):
         IndexConfig(fp16=True)
