@@ -120,6 +120,11 @@ class LoadReport:
     server_cpu_s_per_request: float | None
     #: CPU seconds per request of the background process (``scout worker``: joiner, learner, exporter), if known.
     background_cpu_s_per_request: float | None = None
+    #: Open loop: OK responses per second from the first measured request's due time to the last one's answer
+    #: (``throughput`` counts them by due time, so it is the offered load a server that keeps up serves).
+    served_per_s: float | None = None
+    #: The 1-minute load average when the run started and when it ended.
+    load_average: tuple[float, float] | None = None
     latencies_ms: list[float] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -142,7 +147,7 @@ def catalog_item_ids(index: Path) -> list[str]:
 
 
 def requests_for(spec: LoadSpec, item_ids: Sequence[str], count: int = 2048) -> list[scout_pb2.RecommendRequest]:
-    """A seeded pool of Recommend requests: 10,000 distinct units, seed items drawn from ``item_ids``."""
+    """A seeded pool of ``count`` Recommend requests (units drawn from 10,000), seed items drawn from ``item_ids``."""
     rng = np.random.default_rng(spec.seed)
     out = []
     for _ in range(count):
@@ -173,6 +178,7 @@ class _Recorder:
         self.latencies: list[float] = []
         self.codes: Counter[str] = Counter()
         self.reward_codes: Counter[str] = Counter()
+        self.last_done = measure_from
 
     def counts(self, started: float) -> bool:
         return self.measure_from <= started < self.measure_to
@@ -197,6 +203,7 @@ async def _call(
     counted = recorder.counts(intended)
     if counted:
         recorder.codes[code] += 1
+        recorder.last_done = max(recorder.last_done, done)
         if code == "OK":
             recorder.latencies.append((done - intended) * 1000.0)
     if reward and reply is not None and reply.items:
@@ -252,6 +259,7 @@ async def run_load(
         ]
         stubs = [scout_pb2_grpc.RecommenderStub(channel) for channel in channels]
         await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), timeout=30)
+        load_start = os.getloadavg()[0]
         start = time.perf_counter()
         recorder = _Recorder(start + spec.warmup_s, start + spec.warmup_s + spec.duration_s)
         end = recorder.measure_to
@@ -298,6 +306,8 @@ async def run_load(
         await asyncio.gather(*helpers)
     latencies = np.asarray(recorder.latencies)
     requests = sum(recorder.codes.values())
+    ok = recorder.codes.get("OK", 0)
+    served = None if spec.rate is None else ok / max(spec.duration_s, recorder.last_done - recorder.measure_from)
     used: list[float | None] = [None, None]  # server, background
     for k in (0, 1):
         before, after = cpu.get("from", (None, None))[k], cpu.get("to", (None, None))[k]
@@ -312,12 +322,14 @@ async def run_load(
         requests=requests,
         ok=recorder.codes.get("OK", 0),
         errors={code: n for code, n in recorder.codes.items() if code != "OK"},
-        throughput=recorder.codes.get("OK", 0) / spec.duration_s,
+        throughput=ok / spec.duration_s,
         latency_ms=_percentiles(latencies),
         rewards=sum(recorder.reward_codes.values()),
         reward_errors={code: n for code, n in recorder.reward_codes.items() if code != "OK"},
         server_cpu_s_per_request=used[0],
         background_cpu_s_per_request=used[1],
+        served_per_s=served,
+        load_average=(load_start, os.getloadavg()[0]),
         latencies_ms=recorder.latencies,
     )
 
@@ -397,6 +409,35 @@ def wait_listening(processes: Sequence[subprocess.Popen[Any]], port: int, timeou
             if time.monotonic() > deadline:
                 raise TimeoutError(f"process {process.pid} was not listening on port {port} after {timeout_s:g} s")
             time.sleep(0.1)
+
+
+def check_pids(target: str, server_pids: Sequence[int], worker_pid: int | None) -> None:
+    """Refuse ``--server-pid``/``--worker-pid`` values that would make CPU per request silently wrong.
+
+    Each serving pid must be a distinct live process listening on ``target``'s port (a ``scout serve --workers``
+    parent serves nothing itself); the worker's pid must be live and not one of them. A process whose sockets
+    this user may not read is taken on trust.
+    """
+    if len(set(server_pids)) != len(server_pids):
+        raise ValueError(f"--server-pid names a process twice: {list(server_pids)}")
+    if worker_pid is not None and worker_pid in server_pids:
+        raise ValueError(f"--worker-pid {worker_pid} is also a --server-pid")
+    port = int(target.rpartition(":")[2])
+    for option, pid in [*(("--server-pid", p) for p in server_pids), ("--worker-pid", worker_pid)]:
+        if pid is None:
+            continue
+        if not psutil.pid_exists(pid):
+            raise ValueError(f"{option} {pid}: no such process")
+        if option == "--server-pid":
+            try:
+                sockets = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.AccessDenied:
+                continue
+            if not any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets):
+                raise ValueError(
+                    f"--server-pid {pid} does not listen on port {port}: give each serving process's pid (the parent "
+                    "of scout serve --workers serves nothing itself; its children do)"
+                )
 
 
 def _connections(pid: int) -> list[Any]:
@@ -544,14 +585,23 @@ def compare(
                 level["ratios"] = {
                     "p50": scout_report.latency_ms["p50"] / echo_report.latency_ms["p50"],
                     "p99": scout_report.latency_ms["p99"] / echo_report.latency_ms["p99"],
-                    "throughput": scout_report.throughput / echo_report.throughput if echo_report.throughput else None,
+                    "throughput": _served(scout_report) / _served(echo_report) if _served(echo_report) else None,
                 }
             results.append(level)
     return results
 
 
+def _served(report: LoadReport) -> float:
+    """Requests served per second: a closed loop's throughput, an open loop's ``served_per_s``."""
+    return report.throughput if report.served_per_s is None else report.served_per_s
+
+
 def table(results: Sequence[dict[str, Any]]) -> str:
-    """A terminal table: one row per level and server, then the ratios."""
+    """A terminal table: one row per level and server, then the ratios.
+
+    An open loop's req/s is what was served (OK answers over the time from the first due request to the last
+    answer), which falls below the asked rate when the server cannot keep up.
+    """
     rows = [f"{'level':>6} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
             f"{'cpu ms/req':>10} {'bg ms/req':>9} errors"]  # fmt: skip
     for level in results:
@@ -565,7 +615,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             )
             lat = r.latency_ms
             rows.append(
-                f"{level['level']:>6} {name:>6} {r.throughput:9.1f} {lat['p50']:8.2f} {lat['p90']:8.2f} "
+                f"{level['level']:>6} {name:>6} {_served(r):9.1f} {lat['p50']:8.2f} {lat['p90']:8.2f} "
                 f"{lat['p99']:8.2f} {lat['p99.9']:9.2f} {cpu:>10} {bg:>9} {dict(r.errors) or 0}"
             )
         if "ratios" in level:
@@ -613,7 +663,7 @@ def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(results)), 4))
     x = np.arange(len(results))
     for offset, name in ((-0.2, "echo"), (0.2, "scout")):
-        ax.bar(x + offset, [level[name].throughput if name in level else 0.0 for level in results], 0.4, label=name)
+        ax.bar(x + offset, [_served(level[name]) if name in level else 0.0 for level in results], 0.4, label=name)
     ax.set_xticks(x, [level["level"] for level in results])
     ax.set_ylabel("OK requests/s")
     ax.set_title("throughput")

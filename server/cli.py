@@ -893,6 +893,8 @@ def _bench(args: argparse.Namespace) -> None:
             f"--server-pid names {len(args.server_pid)} processes, --workers says the target runs {args.workers}: "
             "give every serving process's pid (not the pid of a scout serve --workers parent)"
         )
+    if args.target is not None:
+        bench.check_pids(args.target, args.server_pid or (), args.worker_pid)
     channels = args.channels if args.channels is not None else 1 if args.workers == 1 else 4 * args.workers
     settings = load_settings(args.config)
     index = args.index if args.index is not None else settings.index

@@ -3,6 +3,8 @@
 import asyncio
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -36,6 +38,8 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
         assert level["ratios"]["p50"] > 0 and level["ratios"]["throughput"] > 0
     open_loop = results[2]["scout"]
     assert open_loop.mode == "open" and abs(open_loop.requests - 30) <= 2  # the schedule, not the answers, sets it
+    assert open_loop.served_per_s == pytest.approx(50, rel=0.3)  # it keeps up
+    assert all(len(level["scout"].load_average) == 2 for level in results)  # at the start and at the end
     # The echo answers with the bytes of a real response of the same shape (sizes vary a little with the variant).
     assert 0.8 < results[0]["response_bytes"] / len(bench.sample_response(scout.target, base, item_ids)) < 1.25
 
@@ -46,6 +50,16 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
     assert written[1].suffix == ".png" and written[1].stat().st_size > 0
     assert written[2].name == "bench-throughput.png" and written[2].stat().st_size > 0
     assert "ratio" in bench.table(results) and "bg ms/req" in bench.table(results)
+
+
+def test_an_open_loop_beyond_capacity_reports_what_was_served(scout, index_dir) -> None:
+    """The rate asked for is not the rate served: req/s counted OK answers by due time, so above capacity it showed
+    the offered load (746 req/s reported at --rate 1000 against a capacity near 680)."""
+    spec = bench.LoadSpec(rate=3000.0, duration_s=0.4, warmup_s=0.0, context_keys=("mobile",), timeout_s=60.0)
+    report = asyncio.run(bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir)))
+    assert report.ok == report.requests and report.throughput == pytest.approx(3000, rel=0.05)
+    assert report.served_per_s < 0.5 * report.throughput, (report.served_per_s, report.throughput)
+    assert f"{report.served_per_s:9.1f}" in bench.table([{"level": "r3000", "scout": report}])
 
 
 def test_errors_are_counted_by_status_code(scout, index_dir) -> None:
@@ -136,6 +150,28 @@ def test_an_unreachable_target_is_one_clear_error(index_dir, tmp_path, caplog) -
     argv = ["--target", "127.0.0.1:1", "--index", str(index_dir), "--no-echo", "--no-progress"]
     assert main(["bench", *argv, "--duration", "1", "--concurrency", "1", "--out", str(tmp_path / "b.json")]) == 2
     assert "127.0.0.1:1: the first Recommend failed: UNAVAILABLE" in caplog.text  # was a gRPC traceback
+
+
+def test_server_pids_must_be_distinct_live_processes_listening_on_the_target(tmp_path) -> None:
+    """A wrong pid (the --workers parent, one pid twice) gave a silently wrong CPU per request."""
+    listen = "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+    code = listen + "print(s.getsockname()[1], flush=True); time.sleep(60)"
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        target = f"127.0.0.1:{server.stdout.readline().strip()}"
+        bench.check_pids(target, [server.pid], os.getpid())  # a serving process and a worker: fine
+        with pytest.raises(ValueError, match="--server-pid names a process twice"):
+            bench.check_pids(target, [server.pid, server.pid], None)
+        with pytest.raises(ValueError, match=f"--server-pid {os.getpid()} does not listen on port"):
+            bench.check_pids(target, [server.pid, os.getpid()], None)  # as a --workers parent does not
+        with pytest.raises(ValueError, match=r"--worker-pid \d+ is also a --server-pid"):
+            bench.check_pids(target, [server.pid], server.pid)
+        with pytest.raises(ValueError, match="--worker-pid 4194303: no such process"):
+            bench.check_pids(target, [server.pid], 4194303)
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_server_pids_must_match_the_workers(caplog) -> None:
