@@ -23,7 +23,7 @@ Shared by all shards, under the hash tag ``{p}``:
 - ``{p}:learner``: per shard, the id of the last joined entry the published snapshots include (``position``,
   comma-separated in shard order) and how many entries were applied and skipped as poisonous (``applied``,
   ``skipped``); ``{p}:learner:lease``: which learner may publish (expires unless renewed);
-- ``{p}:paused``: paused variants; ``{p}:health``: the health checks' write probe (expires after 60 s);
+- ``{p}:paused``: paused variants; ``{s}:health`` (per shard): the health checks' write probe (expires after 60 s);
 - ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
   writing before acknowledging it.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import zlib
 from collections.abc import Sequence
@@ -49,12 +50,16 @@ import redis.asyncio as aioredis
 
 from server.settings import Settings
 
-# KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), deadline (epoch ms),
-# then five per decision: its JSON, served items, due time, event id, reward aggregation. A batch that reaches Redis
-# after its deadline, when its caller has given up (a stalled Redis runs its queued calls when it wakes, in no set
-# order, so a withdrawal may come after the joiner), stores nothing. Only a script's first write can be refused for
-# memory (Redis does not stop a script midway for it), so a batch refused for memory stores nothing too.
+log = logging.getLogger(__name__)
+
+# KEYS: due, decision stream, then each decision's pending key; ARGV: stream cap, TTL (ms), deadline (epoch ms on
+# Redis's clock), then five per decision: its JSON, served items, due time, event id, reward aggregation. A batch
+# that reaches Redis after its deadline, when its caller has given up (a stalled Redis runs its queued calls when it
+# wakes, in no set order, so a withdrawal may come after the joiner), stores nothing. Only a script's first write
+# can be refused for memory (Redis does not stop a script midway for it), so a batch refused for memory stores
+# nothing too.
 _RECORD = """
+redis.replicate_commands()  -- writes after TIME (Redis 5-6 with lua-replicate-commands off; a no-op on 7)
 local cap, ttl = tonumber(ARGV[1]), ARGV[2]
 local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
@@ -173,12 +178,19 @@ return 0
 
 #: How long a Redis call waits for its reply (s): a stalled Redis surfaces as an error after it.
 SOCKET_TIMEOUT_S = 5.0
+#: Decisions Redis runs later than this after they were sent are not stored: below the socket timeout, so that one
+#: Redis runs just before its deadline still answers its caller in time.
+RECORD_WITHIN_S = SOCKET_TIMEOUT_S - 1.0
 #: The consumer group that exports the joined decisions.
 EXPORTER_GROUP = "exporter"
 ACCEPTED, DUPLICATE, UNKNOWN, CLOSED, NOT_IN_SLATE = 1, 0, -1, -2, -3
 LATE, LATE_DUPLICATE = 3, 2
 #: Publishing outcomes of :meth:`Store.publish`.
 PUBLISHED, LEASE_LOST, POSITION_MOVED = 1, -1, -2
+
+
+class DecisionsStale(redis.TimeoutError):
+    """Redis ran a batch of decisions after its deadline and stored none of them: as a timeout, nothing to undo."""
 
 
 @dataclass(frozen=True)
@@ -207,17 +219,22 @@ class Store:
     shards
         How many shards the decisions are spread over (1: every key under the one hash tag ``{prefix}``).
     record_within_s
-        Decisions that reach Redis later than this after they were sent are not stored: their caller has given up
-        (the client's socket timeout). Scout's hosts and Redis must agree on the time to well within it.
+        Decisions that Redis runs later than this after they were sent are not stored (:class:`DecisionsStale`):
+        keep it below the client's socket timeout, after which their caller has given up. The deadline is set on
+        Redis's clock, through the offset :meth:`probe` measures.
     """
 
     def __init__(
-        self, client: Any, prefix: str = "scout", shards: int = 1, record_within_s: float = SOCKET_TIMEOUT_S
+        self, client: Any, prefix: str = "scout", shards: int = 1, record_within_s: float = RECORD_WITHIN_S
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
+        if not record_within_s > 0:
+            raise ValueError(f"record_within_s must be positive, got {record_within_s}")
         self.client = client
         self.record_within_ms = int(record_within_s * 1000)
+        #: Redis's clock minus this host's (ms), as the last :meth:`probe` measured it.
+        self.clock_offset_ms = 0
         self.shards = shards
         self.prefix = f"{{{prefix}}}"
         tags = [self.prefix] if shards == 1 else [f"{{{prefix}:{k}}}" for k in range(shards)]
@@ -230,7 +247,7 @@ class Store:
         self.lease = f"{self.prefix}:learner:lease"
         self.inflight = f"{self.prefix}:export:inflight"
         self.paused_key = f"{self.prefix}:paused"
-        self.health_key = f"{self.prefix}:health"
+        self.health_keys = tuple(f"{t}:health" for t in tags)
         self._record = client.register_script(_RECORD)
         self._unrecord = client.register_script(_UNRECORD)
         self._reward = client.register_script(_REWARD)
@@ -284,7 +301,7 @@ class Store:
         """Store decisions (from :meth:`decision_entry`) as :meth:`record_decision` does, one Redis call per shard.
 
         The result holds, per decision, None or the error of its shard's call. A call Redis runs more than
-        ``record_within_s`` after it was sent stores nothing and fails with ``redis.TimeoutError``.
+        ``record_within_s`` after it was sent stores nothing and fails with :class:`DecisionsStale`.
         """
         by_shard: dict[int, list[int]] = {}
         for k, entry in enumerate(entries):
@@ -293,15 +310,15 @@ class Store:
 
         async def shard_call(shard: int, members: list[int]) -> None:
             keys = [self.due_keys[shard], self.decision_keys[shard]]
-            args: list[Any] = [stream_maxlen, ttl_ms, now_ms() + self.record_within_ms]
+            args: list[Any] = [stream_maxlen, ttl_ms, now_ms() + self.clock_offset_ms + self.record_within_ms]
             for k in members:
                 keys.append(self.pending_key(entries[k].event_id, shard))
                 args += entries[k].args
             try:
                 await self._record(keys=keys, args=args)
             except redis.ResponseError as exc:
-                if str(exc).startswith("STALE"):  # answered too late to count: the outage its caller timed out on
-                    raise redis.TimeoutError(str(exc)) from exc
+                if str(exc).startswith("STALE"):  # run too late to count: the outage its caller times out on
+                    raise DecisionsStale(str(exc)) from exc
                 raise
 
         shards = list(by_shard.items())
@@ -412,8 +429,22 @@ class Store:
         return True
 
     async def probe(self) -> None:
-        """Raise unless Redis takes a write now (a ping passes on a Redis at its memory cap that refuses them all)."""
-        await self.client.set(self.health_key, b"1", px=60_000)
+        """Raise unless Redis takes a write under every shard's tag now; measure its clock's offset from this host's.
+
+        A ping passes on a Redis at its memory cap, which refuses every write; on a cluster each shard's node is
+        written to. The offset (Redis's ``TIME`` against the midpoint of the call here) sets decisions' deadlines
+        on Redis's clock, and a warning is logged when it passes 1 s.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in self.health_keys:
+                pipe.set(key, b"1", px=60_000)
+            await pipe.execute()
+        sent = time.time()
+        seconds, micros = await self.client.time()
+        offset = round((seconds + micros / 1e6 - (sent + time.time()) / 2) * 1000)
+        if abs(offset) > 1000 and abs(self.clock_offset_ms) <= 1000:
+            log.warning("Redis's clock is %+d ms from this host's: decision deadlines follow Redis's", offset)
+        self.clock_offset_ms = offset
 
     async def lags(self) -> tuple[int, float, float]:
         """Pending decisions, join lag and learner lag (seconds), for metrics.
@@ -449,15 +480,17 @@ class Store:
         """How long the oldest joined decision not yet exported (acknowledged by ``group``) has waited (worst shard).
 
         Exporters hold entries until a file rolls (``export.flush_interval_s``), so it normally stays below that;
-        it grows without bound while no exporter can write (a full disk, a dead worker). 0 before an exporter has
-        created its group.
+        it grows without bound while no exporter can write (a full disk, a dead worker, none started).
         """
         lag = 0.0
         for stream in self.joined_keys:
             try:
                 summary: Any = await self.client.xpending(stream, group)
                 groups: Any = await self.client.xinfo_groups(stream)
-            except redis.ResponseError:  # no stream or no group yet
+            except redis.ResponseError:  # no stream (nothing joined), or no exporter yet: all of it waits
+                first: Any = await self.client.xrange(stream, count=1)
+                if first:
+                    lag = max(lag, (now_ms() - stream_id(_bytes(first[0][0]).decode())[0]) / 1000)
                 continue
             oldest = summary["min"] if summary["pending"] else None
             if oldest is None:  # none read and unacknowledged: the first entry the group has not read yet

@@ -92,7 +92,8 @@ def check_recommend(
     ------
     InvalidArgument
         A field is empty, too long, too large, non-finite or unknown to the experiment, or ``num_items`` is more
-        than the experiment ranks (its ``candidates``); the message starts with the field's name.
+        than the experiments of the surface rank (the fewest ``candidates`` among them, so the answer does not
+        depend on the unit); the message starts with the field's name.
     NotFound
         No experiment serves ``surface``.
     """
@@ -113,10 +114,11 @@ def check_recommend(
         known = sorted({s for e in settings.experiments for s in e.surfaces})
         raise NotFound(f"surface {echo(surface)} has no experiment; configured surfaces: {listing(known)}")
     experiment = placement.experiment
-    if num_items > experiment.candidates:
+    fewest = min(e.candidates for e in settings.experiments if surface in e.surfaces)  # the same for every unit
+    if num_items > fewest:
         raise InvalidArgument(
-            f"num_items must be at most {experiment.candidates}, the candidates experiment {experiment.name!r} "
-            f"ranks, got {num_items}"
+            f"num_items must be at most {fewest}, the candidates the experiments of surface {echo(surface)} rank, "
+            f"got {num_items}"
         )
     for key, value in context.items():
         if key not in experiment.context_keys:

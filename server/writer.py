@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from server.store import DecisionEntry, Store, now_ms
+from server.store import DecisionEntry, DecisionsStale, Store, now_ms
 
 log = logging.getLogger(__name__)
 #: Most decisions one batch stores.
@@ -120,6 +120,8 @@ class DecisionWriter:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
+                    if isinstance(error, DecisionsStale):
+                        continue  # Redis answered: none of the batch was stored, and the waiting may go on
                     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
                         unreachable = error
                         self._withdraw(entry)  # stored or not: its caller fails, so it must not stay

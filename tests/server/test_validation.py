@@ -198,8 +198,18 @@ def test_num_items_beyond_the_experiments_candidates_is_refused(index: IndexArti
     assert settings.server.max_num_items > candidates
     recommender = Recommender(settings, index, PolicyBook(settings, index.dim), seed=0)
     assert len(recommender.decide(RecommendInput("u", "home", candidates, {})).scores) == candidates
-    with pytest.raises(InvalidArgument, match=rf"^num_items must be at most {candidates}, .*'home-ranking'.*got 31$"):
+    with pytest.raises(InvalidArgument, match=rf"^num_items must be at most {candidates}, .*surface 'home'.*got 31$"):
         recommender.decide(RecommendInput("u", "home", candidates + 1, {}))  # was a silently shorter slate
+    # Two experiments share the surface in one layer: the limit is the smaller one's, whichever a unit lands in.
+    wide = replace(settings.experiments[0], name="wide", salt="w", candidates=100, traffic=0.5)
+    narrow = replace(settings.experiments[0], traffic=0.5)
+    shared = replace(settings, experiments=(narrow, replace(wide, layer=narrow.layer_name)))
+    recommender = Recommender(shared, index, PolicyBook(shared, index.dim), seed=0)
+    landed = {recommender.validate(RecommendInput(f"u{k}", "home", 5, {})).experiment.name for k in range(40)}
+    assert landed == {"home-ranking", "wide"}
+    for k in range(40):
+        with pytest.raises(InvalidArgument, match=f"at most {candidates}"):
+            recommender.validate(RecommendInput(f"u{k}", "home", candidates + 1, {}))
 
 
 @pytest.mark.redis

@@ -16,7 +16,7 @@ from conftest import make_settings
 from test_runtime import _decisions
 
 from embeddings.index import IndexArtifact
-from server.store import Store
+from server.store import DecisionsStale, Store
 from server.writer import DecisionWriter
 
 pytestmark = pytest.mark.redis
@@ -174,6 +174,36 @@ def test_decisions_that_reach_a_stalled_redis_after_their_deadline_are_not_store
     errors, stored, due_entries = asyncio.run(scenario())
     assert all(isinstance(e, redis.TimeoutError) for e in errors), errors
     assert stored == [1, 0, 0] and due_entries == 1  # the old code stored both once Redis woke
+
+
+def test_a_batch_redis_runs_after_its_deadline_is_refused_by_redis_on_its_own_clock(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    """The deadline is checked by the script (DecisionsStale: Redis answered, nothing to withdraw), before the
+    client's own timeout; and it is set on Redis's clock, so a host whose clock is off does not move it."""
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 3)
+
+    async def scenario() -> tuple[list[Exception | None], list[Exception | None], int, int]:
+        store = Store(aioredis.Redis.from_url(clean_redis, socket_timeout=5.0), record_within_s=0.3)
+        other = aioredis.Redis.from_url(clean_redis)
+        due = int(time.time() * 1000) + 60_000
+        await store.probe()  # measures the offset: this host and Redis share a clock here
+        offset = store.clock_offset_ms
+        spin = asyncio.create_task(other.eval(_SPIN, 0, 1000))  # Redis stalls for 1 s, less than the timeout
+        await asyncio.sleep(0.05)
+        stale = await store.record_decisions([store.decision_entry(records[0], due)], 0)
+        await spin
+        store.clock_offset_ms = -10_000  # as if Redis's clock were 10 s behind this host's: the deadline follows
+        behind = await store.record_decisions([store.decision_entry(records[1], due)], 0)
+        stored = int(await other.zcard(store.due_keys[0]))
+        await store.client.aclose()
+        await other.aclose()
+        return stale, behind, stored, offset
+
+    stale, behind, stored, offset = asyncio.run(scenario())
+    assert abs(offset) < 500, offset
+    assert isinstance(stale[0], DecisionsStale) and isinstance(behind[0], DecisionsStale), (stale, behind)
+    assert stored == 0
 
 
 def test_unrecord_decisions_withdraws_stored_ones_across_shards_in_one_call_each(
