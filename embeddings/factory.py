@@ -116,7 +116,7 @@ class IndexConfig:
         for name, types in applies.items():  # a given option the index would ignore is a mistake worth naming
             allowed = (*types, "auto") if types == ivf else types
             if getattr(self, name) is not None and self.index_type not in allowed:
-                raise ValueError(f"{name} applies to index_type {' or '.join(types)} only, got {self.index_type!r}")
+                raise ValueError(f"{name} applies to index_type {' or '.join(allowed)} only, got {self.index_type!r}")
         if self.nlist is not None and self.nprobe is not None and self.nprobe > self.nlist:
             raise ValueError(f"nprobe must be at most nlist ({self.nlist}), got {self.nprobe}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -178,12 +179,15 @@ def _ess_plot(comparison: Comparison) -> str:
 def format_estimates(estimates: Sequence[Estimate], truth: float | None = None, level: float = 0.95) -> str:
     """A small text table of estimates (and the true value, when known); ``!`` marks a flagged estimate."""
     w = max([12, *(len(e.estimator) + 2 for e in estimates)])
+    values = [v for e in estimates for v in (e.value, e.lower, e.upper)] + ([truth] if truth is not None else [])
+    # four decimals, as scout evaluate prints, unless a value needs more digits to show (click rates of 0.002)
+    f = ".4f" if all(abs(v) >= 0.01 or v == 0 or not math.isfinite(v) for v in values) else ".4g"
     lines = [f"{'estimator':<{w}}{'estimate':>10}   {f'{level * 100:g}% interval':<22}"]
     for e in estimates:
         flag = "  !" if e.flags else ""
-        lines.append(f"{e.estimator:<{w}}{e.value:>10.4f}   [{e.lower:.4f}, {e.upper:.4f}]{flag}")
+        lines.append(f"{e.estimator:<{w}}{e.value:>10{f}}   [{e.lower:{f}}, {e.upper:{f}}]{flag}")
     if truth is not None:
-        lines.append(f"{'true value':<{w}}{truth:>10.4f}   (known to the synthetic world)")
+        lines.append(f"{'true value':<{w}}{truth:>10{f}}   (known to the synthetic world)")
     return "\n".join(lines)
 
 

@@ -416,28 +416,30 @@ def check_pids(target: str, server_pids: Sequence[int], worker_pid: int | None) 
 
     Each serving pid must be a distinct live process listening on ``target``'s port (a ``scout serve --workers``
     parent serves nothing itself); the worker's pid must be live and not one of them. A process whose sockets
-    this user may not read is taken on trust.
+    this user may not read, or a target without a port, is taken on trust. Behind a port mapping the serving
+    processes listen on another port than the target's: measure there without pids.
     """
     if len(set(server_pids)) != len(server_pids):
         raise ValueError(f"--server-pid names a process twice: {list(server_pids)}")
     if worker_pid is not None and worker_pid in server_pids:
         raise ValueError(f"--worker-pid {worker_pid} is also a --server-pid")
-    port = int(target.rpartition(":")[2])
+    port_text = target.rpartition(":")[2]
+    port = int(port_text) if port_text.isdigit() else None  # a unix socket or a name without one: not checked
     for option, pid in [*(("--server-pid", p) for p in server_pids), ("--worker-pid", worker_pid)]:
         if pid is None:
             continue
-        if not psutil.pid_exists(pid):
-            raise ValueError(f"{option} {pid}: no such process")
-        if option == "--server-pid":
-            try:
-                sockets = psutil.Process(pid).net_connections(kind="tcp")
-            except psutil.AccessDenied:
-                continue
-            if not any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets):
-                raise ValueError(
-                    f"--server-pid {pid} does not listen on port {port}: give each serving process's pid (the parent "
-                    "of scout serve --workers serves nothing itself; its children do)"
-                )
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            raise ValueError(f"{option} {pid}: no such process") from None
+        except psutil.AccessDenied:
+            continue
+        listening = any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
+        if option == "--server-pid" and port is not None and not listening:
+            raise ValueError(
+                f"--server-pid {pid} does not listen on port {port}: give each serving process's pid (the parent "
+                "of scout serve --workers serves nothing itself; its children do)"
+            )
 
 
 def _connections(pid: int) -> list[Any]:

@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         "--decisions",
         type=integer(2, 10**7),
         default=20000,
-        help="Recommend calls to make, 2..1e7: the target learns from the first half (default 20000)",
+        help="Recommend calls to make, 2..10000000: the target learns from the first half (default 20000)",
     )
-    demo.add_argument("--items", type=integer(1, 10**7), default=20000, help="catalog size, 1..1e7 (default 20000)")
+    demo.add_argument(
+        "--items", type=integer(1, 10**7), default=20000, help="catalog size, 1..10000000 (default 20000)"
+    )
     demo.add_argument(
         "--concurrency", type=integer(1, 1024), default=8, help="simulated users in flight, 1..1024 (default 8)"
     )
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate a synthetic world and write its catalog as Parquet.",
     )
     world.add_argument("--out", type=Path, required=True, help="catalog file to write (.parquet)")
-    world.add_argument("--items", type=integer(1, 10**7), default=20000, help="number of items, 1..1e7 (default 20000)")
+    world.add_argument(
+        "--items", type=integer(1, 10**7), default=20000, help="number of items, 1..10000000 (default 20000)"
+    )
     world.add_argument("--seed", type=SEED, default=0, help="world seed (default 0)")
 
     build = commands.add_parser(
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--nprobe", type=integer(1, 2**20), help="IVF lists probed per query (default: tuned)")
     build.add_argument("--pq-m", type=integer(1, 4096), default=16, help="IVF-PQ sub-quantizers (default 16)")
     build.add_argument(
-        "--pq-bits", type=int, default=8, help="IVF-PQ bits per code (default 8; 4 scans the codes in SIMD blocks)"
+        "--pq-bits",
+        type=integer(1, 16),
+        default=8,
+        help="IVF-PQ bits per code (default 8; 4 scans the codes in SIMD blocks)",
     )
     build.add_argument(
         "--rerank",
@@ -117,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--ef-search", type=integer(1, 10**6), help="HNSW search beam (default: tuned)")
     build.add_argument("--train-size", type=COUNT, help="vectors sampled to train IVF (default min(N, 64*nlist))")
     build.add_argument(
-        "--target-recall", type=float, default=0.95, help="recall@200 the tuned nprobe/ef-search reach (default 0.95)"
+        "--target-recall",
+        type=number(0, 1, low_open=True),
+        default=0.95,
+        help="recall@200 the tuned nprobe/ef-search reach (default 0.95)",
     )
     build.add_argument("--publish", action="store_true", help="write --out/<version>/ and point --out/CURRENT at it")
     build.add_argument(
@@ -398,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     if parent := os.environ.pop("SCOUT_PARENT_PID", ""):  # a child of `scout serve --workers`: never outlive it
         from server.redis_server import die_with_parent
 
+        if not parent.isdigit():
+            parser.error(f"SCOUT_PARENT_PID must be a process id, got {parent[:40]!r}")
         die_with_parent(int(parent))
     configure_logging(args.log_level, args.log_format)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -407,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM where a command turns it into one): cleaned up, no traceback
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM where a command turns it into one): cleaned up
         log.error("interrupted")
-        return 130
+        return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:
@@ -816,10 +828,6 @@ def _evaluate_external(args: argparse.Namespace) -> None:
     from offline_eval.report import flag_lines, format_estimates
     from offline_eval.streaming import evaluate_external
 
-    if args.bootstrap < 0 or args.batch_size < 1:
-        raise ValueError(f"--bootstrap must be >= 0 and --batch-size >= 1, got {args.bootstrap} and {args.batch_size}")
-    if not 0.0 < args.level < 1.0:
-        raise ValueError(f"--level must be in (0, 1), got {args.level}")
     if args.reward_range is not None and not args.reward_range[0] <= args.reward_range[1]:
         raise ValueError(f"--reward-range: LOW must not exceed HIGH, got {args.reward_range}")
     estimators = create_estimators([e.strip() for e in args.estimators.split(",") if e.strip()])
@@ -879,15 +887,13 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    import tempfile
-
     from server import bench
     from server.settings import load_settings
 
     for option, pids in (("--server-pid", args.server_pid or []), ("--worker-pid", [args.worker_pid])):
         for pid in pids:
             if pid is not None and args.target is None:
-                raise ValueError(f"{option} must be a positive process id, given with --target; got {pid}")
+                raise ValueError(f"{option} needs --target (the CPU of processes bench starts itself is known)")
     if args.server_pid and len(args.server_pid) != args.workers:
         raise ValueError(
             f"--server-pid names {len(args.server_pid)} processes, --workers says the target runs {args.workers}: "
@@ -915,7 +921,16 @@ def _bench(args: argparse.Namespace) -> None:
     if not specs:
         raise ValueError("give at least one --concurrency or --rate level")
     item_ids = bench.catalog_item_ids(index)
-    signal.signal(signal.SIGTERM, _interrupted)  # stop what it started and remove its directory, as on Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _interrupted)  # stop what it started, remove its directory
+    try:
+        _bench_run(args, bench, specs, item_ids, index)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _bench_run(args: argparse.Namespace, bench: Any, specs: list[Any], item_ids: list[str], index: Path) -> None:
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
         servers: contextlib.AbstractContextManager[tuple[str, tuple[int, ...], int | None]]
         if args.target is None:
@@ -932,8 +947,16 @@ def _bench(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal turned into Ctrl-C, so that what a command started is stopped on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
 
 
 COMMANDS = {

@@ -50,6 +50,7 @@ def die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:
+            os.write(2, f"parent process {parent} is gone; exiting\n".encode())
             os._exit(1)
 
 

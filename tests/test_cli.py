@@ -84,6 +84,16 @@ def test_numeric_options_out_of_range_are_refused_naming_the_flag(
     assert refused.value.code == 2 and f"argument {argv[1]}: must be " in err, err
 
 
+def test_demo_config_checks_its_fields(tmp_path: Path) -> None:
+    from server.demo import DemoConfig
+
+    for field, value in (("decisions", 1), ("items", 0), ("concurrency", 0), ("seed", -1)):
+        with pytest.raises(ValueError, match=f"{field} must be at least"):
+            DemoConfig(tmp_path, **{field: value})  # concurrency 0 waited 80 s for decisions never made
+    with pytest.raises(ValueError, match="reward_window_s must be positive"):
+        DemoConfig(tmp_path, reward_window_s=0.0)
+
+
 def test_build_chooses_index_type_caches_text_and_publishes_versions(tmp_path: Path) -> None:
     import json
 
@@ -163,6 +173,9 @@ def test_flag_lines_name_each_reason_once_with_its_estimators() -> None:
     assert flag_lines(rows) == ["! ips, dr: thin", "! dr: odd"]
     assert [line.endswith("  !") for line in format_estimates(rows).splitlines()[1:]] == [True, False, True]
     assert "99.9% interval" in format_estimates(rows, level=0.999)  # it said 100%
+    assert "0.5000   [0.4000, 0.6000]" in format_estimates(rows)  # four decimals, as scout evaluate prints
+    click = Estimate("ips", 0.00236, 0.00102, 0.00445, 0.95, 100, "normal", 0.001, ())
+    assert "0.00236   [0.00102, 0.00445]" in format_estimates([click])  # not 0.0024 [0.0010, 0.0045]
 
 
 def test_json_output_has_no_bare_nan() -> None:

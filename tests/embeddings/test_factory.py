@@ -206,7 +206,7 @@ def test_options_the_index_would_ignore_are_refused() -> None:
     # scout build --index-type flat --nlist 1000 built a flat index and said nothing
     for index_type in ("flat", "hnsw"):
         for name in ("nlist", "nprobe", "train_size"):
-            with pytest.raises(ValueError, match=f"{name} applies to index_type ivf_flat or ivf_pq only"):
+            with pytest.raises(ValueError, match=f"{name} applies to index_type ivf_flat or ivf_pq or auto only"):
                 IndexConfig(index_type=index_type, **{name: 8})
     with pytest.raises(ValueError, match="ef_search applies to index_type hnsw only, got 'ivf_flat'"):
         IndexConfig(index_type="ivf_flat", ef_search=64)

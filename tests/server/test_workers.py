@@ -1,6 +1,9 @@
 """``scout serve --workers 2``: two serving processes on one port share the traffic and the state (real processes)."""
 
 import collections
+import contextlib
+import os
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -125,6 +128,7 @@ def test_children_do_not_outlive_a_killed_parent(index_dir: Path, tmp_path: Path
     port = free_port()
     config = write_config(tmp_path / "scout.toml", index_dir, tmp_path, port=port)
     parent = Proc(["serve", "--config", str(config), "--workers", "2"], tmp_path / "serve.log", port)
+    children: list[int] = []
     try:
         parent.wait_serving()
         wait_for(lambda: len(_children(parent.process.pid)) >= 4, 30, "Redis, two serving processes and the worker")
@@ -133,5 +137,8 @@ def test_children_do_not_outlive_a_killed_parent(index_dir: Path, tmp_path: Path
         wait_for(lambda: not any(_alive(c) for c in children), 60, "the children to exit")
     finally:
         parent.terminate()
+        for child in children:  # on failure, leave no orphan holding the port for the tests after this one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
     with grpc.insecure_channel(parent.target) as channel, pytest.raises(grpc.FutureTimeoutError):
         grpc.channel_ready_future(channel).result(timeout=2)  # nothing answers on the port any more
