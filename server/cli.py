@@ -333,20 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only decisions made at or after TIME (ISO 8601, UTC unless it names an offset, or milliseconds since "
         "the epoch, 13 digits): evaluate a snapshot on decisions it has not learned from",
     )
-    evaluate.add_argument(
-        "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
-    )
+    _estimation_options(evaluate)
     evaluate.add_argument("--primary", help="estimator that ranks and gates (default: the last of --estimators)")
-    evaluate.add_argument(
-        "--bootstrap",
-        type=integer(0, 10**5),
-        default=0,
-        help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)",
-    )
-    evaluate.add_argument(
-        "--level", type=number(0, 1, low_open=True, high_open=True), default=0.95, help="interval level (default 0.95)"
-    )
-    evaluate.add_argument("--seed", type=SEED, default=0, help="bootstrap and cross-fitting seed (default 0)")
     evaluate.add_argument(
         "--learning",
         action="store_true",
@@ -375,19 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     external.add_argument(
         "--logs", required=True, help="a .csv/.parquet file or a directory of them: a local path or a URI"
     )
-    external.add_argument(
-        "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
-    )
-    external.add_argument(
-        "--bootstrap",
-        type=integer(0, 10**5),
-        default=0,
-        help="Poisson bootstrap replicates; 0 gives normal intervals (default 0)",
-    )
-    external.add_argument(
-        "--level", type=number(0, 1, low_open=True, high_open=True), default=0.95, help="interval level (default 0.95)"
-    )
-    external.add_argument("--seed", type=SEED, default=0, help="bootstrap and cross-fitting seed (default 0)")
+    _estimation_options(external)
     external.add_argument(
         "--batch-size",
         type=integer(1, 1 << 24),
@@ -464,6 +440,23 @@ SEED = integer(0, 2**63 - 1)
 COUNT = integer(1, 2**31 - 1)
 #: Process ids (Linux's pid_max is at most 2**22).
 PID = integer(1, 2**22)
+
+
+def _estimation_options(parser: argparse.ArgumentParser) -> None:
+    """The estimator options ``evaluate`` and ``evaluate-external`` share."""
+    parser.add_argument(
+        "--estimators", default="ips,snips,dr", help="comma-separated estimators, or 'all' (default ips,snips,dr)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=integer(0, 10**5),
+        default=0,
+        help="Poisson bootstrap replicates, 0..100000; 0 gives normal intervals (default 0)",
+    )
+    parser.add_argument(
+        "--level", type=number(0, 1, low_open=True, high_open=True), default=0.95, help="interval level (default 0.95)"
+    )
+    parser.add_argument("--seed", type=SEED, default=0, help="bootstrap and cross-fitting seed (default 0)")
 
 
 def port_number(text: str) -> int:
