@@ -432,8 +432,8 @@ class Store:
         """Raise unless Redis takes a write under every shard's tag now; measure its clock's offset from this host's.
 
         A ping passes on a Redis at its memory cap, which refuses every write; on a cluster each shard's node is
-        written to. The offset (Redis's ``TIME`` against the midpoint of the call here) sets decisions' deadlines
-        on Redis's clock, and a warning is logged when it passes 1 s.
+        written to. The offset (Redis's ``TIME`` against the midpoint of the call here, when it answers within
+        0.1 s) sets decisions' deadlines on Redis's clock, and a warning is logged when it passes 1 s.
         """
         async with self.client.pipeline(transaction=False) as pipe:
             for key in self.health_keys:
@@ -441,7 +441,10 @@ class Store:
             await pipe.execute()
         sent = time.time()
         seconds, micros = await self.client.time()
-        offset = round((seconds + micros / 1e6 - (sent + time.time()) / 2) * 1000)
+        answered = time.time()
+        if answered - sent > 0.1:  # a slow answer would place Redis's clock within half of it: keep the last one
+            return
+        offset = round((seconds + micros / 1e6 - (sent + answered) / 2) * 1000)
         if abs(offset) > 1000 and abs(self.clock_offset_ms) <= 1000:
             log.warning("Redis's clock is %+d ms from this host's: decision deadlines follow Redis's", offset)
         self.clock_offset_ms = offset
