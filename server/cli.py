@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -395,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM where a command turns it into one): cleaned up
+    except KeyboardInterrupt:  # Ctrl-C: what the command holds is released on the way out, without a traceback
         log.error("interrupted")
-        return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        return 130
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:
@@ -914,42 +916,57 @@ def _bench(args: argparse.Namespace) -> None:
     if not specs:
         raise ValueError("give at least one --concurrency or --rate level")
     item_ids = bench.catalog_item_ids(index)
-    previous = signal.signal(signal.SIGTERM, _interrupted)  # stop what it started, remove its directory
-    try:
-        _bench_run(args, bench, specs, item_ids, index)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _bench_run(args: argparse.Namespace, bench: Any, specs: list[Any], item_ids: list[str], index: Path) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as workdir:
-        servers: contextlib.AbstractContextManager[tuple[str, tuple[int, ...], int | None]]
-        if args.target is None:
-            log.info("starting Redis, %d scout serve and scout worker (index %s)", args.workers, index)
-            servers = bench.scout_processes(args.config, args.index, Path(workdir), args.workers)
-        else:
-            servers = contextlib.nullcontext((args.target, tuple(args.server_pid or ()), args.worker_pid))
-        with servers as (target, pids, worker):
-            results = bench.compare(
-                target, specs, item_ids, pids, not args.no_echo, not args.no_progress, worker, args.workers
-            )
+        stop = functools.partial(_terminated, Path(workdir))
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            servers: contextlib.AbstractContextManager[tuple[str, tuple[int, ...], int | None]]
+            if args.target is None:
+                log.info("starting Redis, %d scout serve and scout worker (index %s)", args.workers, index)
+                servers = bench.scout_processes(args.config, args.index, Path(workdir), args.workers)
+            else:
+                servers = contextlib.nullcontext((args.target, tuple(args.server_pid or ()), args.worker_pid))
+            with servers as (target, pids, worker):
+                results = bench.compare(
+                    target, specs, item_ids, pids, not args.no_echo, not args.no_progress, worker, args.workers
+                )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     print(bench.table(results))
     for path in bench.save(results, args.out, bench.machine()):
         print(f"wrote {path}")
 
 
-class Interrupted(KeyboardInterrupt):
-    """A signal turned into Ctrl-C, so that what a command started is stopped on the way out."""
+def _terminated(workdir: Path, signum: int, _frame: object) -> None:
+    """SIGTERM or Ctrl-C during ``scout bench``: stop every process it started, remove its directory, exit.
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
+    It exits from here rather than unwinding: an exception raised inside a blocking gRPC call (the health checks
+    that wait for the servers) can leave the interpreter waiting forever on the call's state at exit.
+    """
+    import psutil
 
+    log.error("interrupted: stopping the processes bench started")
 
-def _interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
+    def redis(process: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return "redis" in process.name()
+        return False
+
+    children = psutil.Process().children(recursive=True)
+    for group in ([c for c in children if not redis(c)], [c for c in children if redis(c)]):  # Redis last
+        for child in group:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        _, alive = psutil.wait_procs(group, timeout=30)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+    logging.shutdown()
+    os._exit(128 + signum)
 
 
 COMMANDS = {
