@@ -383,12 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     external.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     args = parser.parse_args(argv)
-    if parent := os.environ.pop("SCOUT_PARENT_PID", ""):  # a child of `scout serve --workers`: never outlive it
-        from server.redis_server import die_with_parent
+    if args.command in ("serve", "worker"):  # what `scout serve --workers` starts: never outlive it
+        from server.redis_server import PARENT_PID_ENV, die_with_parent
 
-        if not parent.isdigit():
-            parser.error(f"SCOUT_PARENT_PID must be a process id, got {parent[:40]!r}")
-        die_with_parent(int(parent))
+        if parent := os.environ.pop(PARENT_PID_ENV, ""):
+            if not parent.isdigit():
+                parser.error(f"{PARENT_PID_ENV} must be a process id, got {parent[:40]!r}")
+            die_with_parent(int(parent))
     configure_logging(args.log_level, args.log_format)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it tried: noise unless debugging

