@@ -5,11 +5,17 @@ entries only after their file is on disk. Files are named by their first entry i
 (``part-<first id>-<consumer>.parquet``), so no process ever overwrites another's file, and a process that
 re-writes a batch after a failed acknowledgement replaces its own file with a superset of it.
 
-Liveness: every exporter refreshes a heartbeat key (``join``-independent, ``export.consumer_ttl_s``). A live
-exporter claims the unacknowledged entries of a consumer whose heartbeat expired; before writing a file an exporter
-records its path in ``{p}:export:inflight``, so a claimer acknowledges (instead of exporting again) the entries of
-a dead exporter's last file if that file made it to disk (exporters sharing a Redis share ``log_dir``). An exporter
-whose own heartbeat lapsed (it was presumed dead) drops its buffer instead of writing it.
+Liveness: every exporter refreshes a heartbeat key of its own (``export.consumer_ttl_s``). A live exporter claims
+the unacknowledged entries of a consumer whose heartbeat expired. Before writing a file an exporter records its path
+in ``{p}:export:inflight``, in one script with refreshing its heartbeat and only if the heartbeat is still live. The
+claimer fences each recorded path before looking at it: it creates the hidden partial file the dead exporter would
+write (``.<name>.partial``, with ``O_EXCL``), first moving away one already being written. The owner creates its
+partial with ``O_EXCL`` and publishes it by renaming it, so once fenced it can publish nothing; the claimer then
+acknowledges (instead of exporting again) the entries of the files that did reach disk (exporters sharing a Redis
+share ``log_dir``). An exporter whose heartbeat lapsed, or that finds itself fenced, drops its buffer and goes on
+under a new consumer name (``<name>-g<n>``): the entries of the old one are claimed like any dead exporter's. So a
+paused exporter that wakes after being claimed exports nothing twice. The fence markers are empty hidden files,
+left in place (readers skip names starting with ``.``).
 
 Files roll at ``export.flush_rows`` rows, ``export.max_file_bytes`` of buffered records or
 ``export.flush_interval_s`` after their first row. Decisions are partitioned by the UTC date of the *decision*
@@ -40,6 +46,17 @@ from server.settings import ExportSettings
 from server.store import EXPORTER_GROUP, Store, joined_record, stream_id
 
 log = logging.getLogger(__name__)
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it is published: hidden, so that readers of the directory skip it."""
+    return path.with_name(f".{path.name}.partial")
+
+
+class Fenced(Exception):
+    """Another exporter claimed this one's entries and fenced the file it was writing: it must publish nothing."""
+
+
 LATE_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -141,8 +158,12 @@ class Exporter:
     """
 
     def __init__(self, store: Store, settings: ExportSettings, consumer: str, dataset: Dataset | None = None) -> None:
-        self.store, self.settings, self.consumer = store, settings, consumer
+        self.store, self.settings = store, settings
         self.dataset = dataset or decision_dataset(store, settings)
+        #: The name this exporter started with; it reads as ``<base>-g<n>`` after being presumed dead ``n`` times.
+        self.base = consumer
+        self.generation = 0
+        self.consumer = consumer
         self.buffer: dict[str, dict[str, Any]] = {}
         self.buffer_bytes = 0
         self.first_buffered: float | None = None
@@ -150,6 +171,7 @@ class Exporter:
         self.claimed = 0
         self.files: list[Path] = []
         self._ready = False
+        self._started = False
         self._last_claim = 0.0
         self._unparseable: list[str] = []
         self.dropped = 0
@@ -159,7 +181,9 @@ class Exporter:
         try:
             if not self._ready:
                 await self._prepare()
-            await self._heartbeat()
+            if not await self._heartbeat():
+                await self._presumed_dead("its heartbeat expired")
+                return 0.0
             if time.monotonic() - self._last_claim >= self.settings.consumer_ttl_s / 4:
                 await self.claim_dead()
                 self._last_claim = time.monotonic()
@@ -172,24 +196,55 @@ class Exporter:
         return 0.0
 
     async def _prepare(self) -> None:
-        """Create the group if needed and re-read what this consumer was delivered but has not acknowledged."""
+        """Create the group if needed and re-read what this consumer was delivered but has not acknowledged.
+
+        After a failure, a consumer whose heartbeat expired meanwhile is not revived: another exporter may be
+        claiming its entries, so this one goes on under a new name.
+        """
         try:
             await self.store.client.xgroup_create(self.dataset.stream, self.dataset.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if self._started and not await self._heartbeat():
+            await self._presumed_dead("its heartbeat expired while it was failing")
         await self._heartbeat(create=True)
+        self._started = True
         await self.poll(start="0")
         self._ready = True
+
+    def _member(self, consumer: str) -> str:
+        """Name ``consumer`` has in this dataset (and shard): its heartbeat and in-flight field."""
+        return f"{self.dataset.name}:{self.dataset.shard_label}{consumer}"
 
     async def _heartbeat(self, create: bool = False) -> bool:
         """Refresh this consumer's heartbeat; False when it had expired (others may have claimed our entries)."""
         ttl = int(self.settings.consumer_ttl_s * 1000)
-        key = self.store.alive_key(self.consumer)
+        key = self.store.alive_key(self._member(self.consumer))
         if create:
             await self.store.client.set(key, "1", px=ttl)
             return True
         return bool(await self.store.client.set(key, "1", px=ttl, xx=True))
+
+    async def _presumed_dead(self, why: str) -> None:
+        """Drop the buffer and go on under a new consumer name; the old name's entries are claimed like a dead one's."""
+        log.error(
+            "%s: exporter %s was presumed dead (%s); dropping %d buffered entries to the claimer, going on as %s-g%d",
+            self.dataset.name,
+            self.consumer,
+            why,
+            len(self.buffer),
+            self.base,
+            self.generation + 1,
+        )
+        self._clear()
+        self._ready = False
+        self._started = False
+        old = self.store.alive_key(self._member(self.consumer))
+        self.generation += 1
+        self.consumer = f"{self.base}-g{self.generation}"
+        self._last_claim = 0.0  # claim the old name's entries at once
+        await self.store.client.delete(old)  # it may still be live if the fence came first: let the claim start now
 
     def due(self) -> bool:
         """Whether the buffered entries make a file now (rows, bytes or age)."""
@@ -234,50 +289,80 @@ class Exporter:
         return len(self.buffer)
 
     async def claim_dead(self) -> int:
-        """Take over the unacknowledged entries of consumers whose heartbeat expired; returns how many."""
+        """Take over the unacknowledged entries of consumers whose heartbeat expired; returns how many.
+
+        One exporter at a time claims a given dead consumer (a lock under the stream's hash tag, renewed by every
+        claim call); it fences the files the dead one recorded in flight, acknowledges the entries those files hold,
+        buffers the rest, and deletes the consumer once it has nothing pending.
+        """
         client, ds = self.store.client, self.dataset
+        ttl = int(self.settings.consumer_ttl_s * 1000)
         consumers: Any = await client.xinfo_consumers(ds.stream, ds.group)
-        claimed = 0
+        total = 0
         for info in consumers:
             name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
-            if name == self.consumer or await client.exists(self.store.alive_key(name)):
+            if name == self.consumer or await client.exists(self.store.alive_key(self._member(name))):
                 continue
-            written = await asyncio.to_thread(self._written_by, await self._inflight_paths(name))
+            if not await self.store.lock_claim(ds.stream, name, self.consumer, ttl):
+                continue  # another exporter is claiming it
+            written = await asyncio.to_thread(self._fence, await self._inflight_paths(name))
+            claimed = 0
             while True:
                 pending: Any = await client.xpending_range(ds.stream, ds.group, "-", "+", 1000, consumername=name)
                 if not pending:
                     break
                 ids = [p["message_id"] for p in pending]
-                entries: Any = await client.xclaim(ds.stream, ds.group, self.consumer, 0, ids)
+                entries = await self.store.claim(ds.stream, ds.group, name, self.consumer, ttl, ids)
+                if entries is None:
+                    log.warning("%s: lost the claim on dead exporter %s to another exporter", ds.name, name)
+                    break
                 done = []
                 for entry_id, fields in entries:
                     if fields and self._key(fields) in written:
                         done.append(entry_id)
                     else:
                         self._add(entry_id, fields)
-                gone = set(ids) - {e for e, _ in entries}
+                gone = set(ids) - {e for e, f in entries if f}
                 done += list(gone)  # trimmed away: nothing left to export
                 if done:
                     await client.xack(ds.stream, ds.group, *done)
                 claimed += len(entries)
-            await client.hdel(self.store.inflight, self._inflight_field(name))
-            await client.xgroup_delconsumer(ds.stream, ds.group, name)
-            log.warning("%s: claimed %d entries of dead exporter %s", ds.name, claimed, name)
-        self.claimed += claimed
-        return claimed
+            if await self.store.forget(ds.stream, ds.group, name, self.consumer):
+                await client.hdel(self.store.inflight, self._member(name))
+            if claimed:
+                log.warning("%s: claimed %d entries of dead exporter %s", ds.name, claimed, name)
+            total += claimed
+        self.claimed += total
+        return total
 
     async def _inflight_paths(self, consumer: str) -> list[str]:
-        paths: Any = await self.store.client.hget(self.store.inflight, self._inflight_field(consumer))
+        paths: Any = await self.store.client.hget(self.store.inflight, self._member(consumer))
         return (paths or b"").decode().splitlines()
 
-    def _inflight_field(self, consumer: str) -> str:
-        return f"{self.dataset.name}:{self.dataset.shard_label}{consumer}"
+    def _fence(self, paths: list[str]) -> set[tuple[Any, ...]]:
+        """Stop a dead consumer from publishing ``paths``, then return the row keys of those that reached disk.
 
-    def _written_by(self, paths: list[str]) -> set[tuple[Any, ...]]:
-        """Row keys in the files a dead consumer was writing when it died (only files that reached disk)."""
+        For each path, create the partial file its owner would write, with ``O_EXCL``; if the owner's is there
+        (being written), move it away first. The owner creates its partial with ``O_EXCL`` and publishes it by
+        renaming, so after this it can publish none of them: what is on disk now is all it ever wrote.
+        """
         written: set[tuple[Any, ...]] = set()
-        for path in paths:
-            if Path(path).exists():
+        for text in paths:
+            path = Path(text)
+            partial = _partial(path)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    break
+                except FileExistsError:
+                    aside = partial.with_name(f"{partial.name}.fenced-{self.consumer}")
+                    try:
+                        os.replace(partial, aside)
+                        os.unlink(aside)
+                    except FileNotFoundError:
+                        pass  # published or removed meanwhile: create the fence on the next try
+            if path.exists():
                 rows = pq.read_table(path, columns=list(self.dataset.key_columns)).to_pylist()
                 written |= {tuple(row[c] for c in self.dataset.key_columns) for row in rows}
         return written
@@ -289,16 +374,6 @@ class Exporter:
         """Write the buffer (one file per date partition), then acknowledge and trim; returns the files written."""
         if not self.buffer:
             return []
-        if not await self._heartbeat():
-            log.error(
-                "%s: exporter %s was presumed dead (heartbeat expired); dropping %d buffered entries to the claimer",
-                self.dataset.name,
-                self.consumer,
-                len(self.buffer),
-            )
-            self._clear()
-            self._ready = False
-            return []
         groups: dict[str, list[str]] = defaultdict(list)
         for entry_id, record in self.buffer.items():
             day = dt.datetime.fromtimestamp(self.dataset.date_ms(record) / 1000, tz=dt.UTC).date().isoformat()
@@ -309,12 +384,19 @@ class Exporter:
             ".parquet"
             for day, ids in groups.items()
         }
-        field = self._inflight_field(self.consumer)
-        await self.store.client.hset(self.store.inflight, field, "\n".join(str(p) for p in paths.values()))
-        await asyncio.to_thread(self._write, groups, paths)
+        member = self._member(self.consumer)
+        ttl = int(self.settings.consumer_ttl_s * 1000)
+        if not await self.store.exporting(member, ttl, [str(p) for p in paths.values()]):
+            await self._presumed_dead("its heartbeat expired")
+            return []
+        try:
+            await asyncio.to_thread(self._write, groups, paths)
+        except Fenced as exc:
+            await self._presumed_dead(f"another exporter fenced {exc}")
+            return []
         ids = list(self.buffer)
         await self.store.client.xack(self.dataset.stream, self.dataset.group, *ids)
-        await self.store.client.hdel(self.store.inflight, field)
+        await self.store.client.hdel(self.store.inflight, member)
         await self.trim()
         self.exported += len(ids)
         self.files += list(paths.values())
@@ -323,6 +405,7 @@ class Exporter:
         return list(paths.values())
 
     def _write(self, groups: dict[str, list[str]], paths: dict[str, Path]) -> None:
+        """Write each file as a hidden partial created with ``O_EXCL``, then rename it; Fenced if another took it."""
         for day, ids in groups.items():
             path = paths[day]
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,9 +413,19 @@ class Exporter:
             metadata = dict(table.schema.metadata or {})
             metadata[b"scout.schema_version"] = SCHEMA_VERSION.encode()
             metadata[b"scout.dataset"] = self.dataset.name.encode()
-            partial = path.with_suffix(".parquet.partial")
-            pq.write_table(table.replace_schema_metadata(metadata), partial)
-            os.replace(partial, path)
+            partial = _partial(path)
+            try:
+                with open(partial, "xb") as file:
+                    mine = os.fstat(file.fileno()).st_ino
+                    try:
+                        pq.write_table(table.replace_schema_metadata(metadata), file)
+                    except BaseException:
+                        if os.stat(partial).st_ino == mine:  # not a claimer's fence
+                            os.unlink(partial)
+                        raise
+                os.replace(partial, path)
+            except (FileExistsError, FileNotFoundError) as exc:
+                raise Fenced(path) from exc
 
     def _clear(self) -> None:
         self.buffer = {}
@@ -361,7 +454,9 @@ class Exporter:
 
     async def final(self) -> None:
         """On shutdown: read what is left and write it."""
-        if not self._ready:
-            await self._prepare()
-        while await self.poll() > 0:
+        while True:
+            if not self._ready:
+                await self._prepare()
+            if await self.poll() == 0:
+                return
             await self.flush()

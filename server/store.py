@@ -14,7 +14,9 @@ one slot. Per shard, each key bounded by a TTL or a trim:
 - ``{s}:joined``: stream of joined decisions, read by the learner and the exporters; trimmed below what both have
   consumed and capped at ``join.joined_stream_maxlen``;
 - ``{s}:late``: stream of rewards that arrived after their decision was joined (capped at
-  ``join.late_stream_maxlen``).
+  ``join.late_stream_maxlen``);
+- ``{s}:joined:claim:<consumer>``, ``{s}:late:claim:<consumer>``: which exporter is claiming a dead consumer's
+  entries (expires after ``export.consumer_ttl_s`` unless renewed; deleted with the consumer).
 
 Shared by all shards, under the hash tag ``{p}``:
 
@@ -24,8 +26,9 @@ Shared by all shards, under the hash tag ``{p}``:
   comma-separated in shard order) and how many entries were applied and skipped as poisonous (``applied``,
   ``skipped``); ``{p}:learner:lease``: which learner may publish (expires unless renewed);
 - ``{p}:paused``: paused variants; ``{s}:health`` (per shard): the health checks' write probe (expires after 60 s);
-- ``{p}:alive:<consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per exporter, the file it is
-  writing before acknowledging it.
+- ``{p}:alive:<dataset>:<shard><consumer>``: an exporter's heartbeat (expires); ``{p}:export:inflight``: per
+  exporter (same field), the files it is writing before acknowledging them; an exporter records them only while its
+  heartbeat is live, in one script with refreshing it.
 
 Recording a decision, accepting a reward, joining and publishing are each one Lua script that declares every key
 it touches, so they are atomic: a reward is either recorded before its decision is joined or kept as late, each
@@ -176,6 +179,34 @@ end
 return 0
 """
 
+_EXPORTING = """
+if redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'XX') then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[1], 0, unpack(ARGV, 4))
+"""
+
+_FORGET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if #redis.call('XPENDING', KEYS[2], ARGV[2], '-', '+', 1, ARGV[3]) > 0 then
+  return -2
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], ARGV[3])
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
 #: How long a Redis call waits for its reply (s): a stalled Redis surfaces as an error after it.
 SOCKET_TIMEOUT_S = 5.0
 #: Decisions Redis runs later than this after they were sent are not stored: below the socket timeout, so that one
@@ -255,6 +286,9 @@ class Store:
         self._expose = client.register_script(_EXPOSE)
         self._publish = client.register_script(_PUBLISH)
         self._lease = client.register_script(_LEASE)
+        self._exporting = client.register_script(_EXPORTING)
+        self._claim = client.register_script(_CLAIM)
+        self._forget = client.register_script(_FORGET)
 
     def shard_of(self, event_id: str) -> int:
         """The shard a decision's keys live in."""
@@ -268,9 +302,49 @@ class Store:
         """Key of a joined decision's served items and late rewards."""
         return f"{self._tags[self.shard_of(event_id)]}:closed:{event_id}"
 
-    def alive_key(self, consumer: str) -> str:
-        """Heartbeat key of an exporter consumer."""
-        return f"{self.prefix}:alive:{consumer}"
+    def alive_key(self, member: str) -> str:
+        """Heartbeat key of an exporter (``member``: its dataset, shard and consumer name, as in the in-flight hash)."""
+        return f"{self.prefix}:alive:{member}"
+
+    async def exporting(self, member: str, ttl_ms: int, paths: Sequence[str]) -> bool:
+        """Refresh an exporter's heartbeat and record the files it is about to write, only if the heartbeat is live.
+
+        False when it had expired: another exporter may already have claimed its entries, so it must not write them.
+        """
+        keys = [self.alive_key(member), self.inflight]
+        return bool(await self._exporting(keys=keys, args=[ttl_ms, member, "\n".join(paths)]))
+
+    @staticmethod
+    def claim_key(stream: str, dead: str) -> str:
+        """Lock of the exporter claiming ``dead``'s entries of ``stream`` (under the stream's hash tag)."""
+        return f"{stream}:claim:{dead}"
+
+    async def lock_claim(self, stream: str, dead: str, claimer: str, ttl_ms: int) -> bool:
+        """Become the one exporter claiming ``dead``'s entries of ``stream`` for ``ttl_ms`` (renewed by each claim)."""
+        return bool(await self.client.set(self.claim_key(stream, dead), claimer, nx=True, px=ttl_ms))
+
+    async def claim(
+        self, stream: str, group: str, dead: str, claimer: str, ttl_ms: int, ids: Sequence[Any]
+    ) -> list[tuple[bytes, dict[bytes, bytes] | None]] | None:
+        """Move ``ids`` from ``dead`` to ``claimer``, only while ``claimer`` holds the claim lock (None if not).
+
+        Entries trimmed from the stream meanwhile come back without fields, or not at all.
+        """
+        keys = [self.claim_key(stream, dead), stream]
+        reply: Any = await self._claim(keys=keys, args=[claimer, ttl_ms, group, *ids])
+        if reply is None:
+            return None
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+        for entry in reply:
+            if entry:
+                flat = entry[1] or []
+                entries.append((entry[0], dict(zip(flat[::2], flat[1::2], strict=True)) or None))
+        return entries
+
+    async def forget(self, stream: str, group: str, dead: str, claimer: str) -> bool:
+        """Delete ``dead`` from ``group`` and release the claim lock, if ``claimer`` holds it and none are pending."""
+        keys = [self.claim_key(stream, dead), stream]
+        return int(await self._forget(keys=keys, args=[claimer, group, dead])) == 0
 
     async def record_decision(
         self, decision: dict[str, Any], due_ms: int, stream_maxlen: int, ttl_s: float = 7 * 86400

@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,7 +27,7 @@ from conftest import make_settings
 
 from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA_VERSION
-from server.exporter import Exporter
+from server.exporter import Exporter, Fenced
 from server.learner import Learner
 from server.loops import Loop
 from server.pb import scout_pb2, scout_pb2_grpc
@@ -168,7 +170,7 @@ def test_exporter_rolls_files_partitions_by_decision_date_and_claims_a_dead_expo
         written = tmp_path / "logs" / f"date={day}" / "part-dead.parquet"
         await store.client.hset(store.inflight, "decisions:dead-1", str(written))
         dead._write(groups, {"x": written})
-        await store.client.delete(store.alive_key("dead-1"))
+        await store.client.delete(store.alive_key("decisions:dead-1"))
         live = Exporter(store, export, "live-1")
         await live._prepare()
         assert await live.claim_dead() == 4
@@ -189,6 +191,173 @@ def test_exporter_rolls_files_partitions_by_decision_date_and_claims_a_dead_expo
     assert pq.read_table(old).column("event_id").to_pylist() == [records[-1]["event_id"]]
     assert all(f.name.endswith("-live-1.parquet") for f in files if f.name != "part-dead.parquet")
     assert live.exported == len(records) - 4
+
+
+class _StallingRelay:
+    """A TCP relay to Redis that can hold back Redis's replies to one client: a process that stalls (a pause, a long
+    GC, a descheduled VM) after Redis ran its command and before it saw the answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = urllib.parse.urlparse(url)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.held = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.url.scheme == "unix":
+            redis_r, redis_w = await asyncio.open_unix_connection(self.url.path)
+        else:
+            redis_r, redis_w = await asyncio.open_connection(self.url.hostname, self.url.port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            while data := await src.read(65536):
+                if replies and not self.flowing.is_set():
+                    self.held += 1
+                    await self.flowing.wait()
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True), return_exceptions=True)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_twice(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Fault injection found 105 decisions exported twice: an exporter paused past export.consumer_ttl_s in the middle
+    # of writing its file was claimed, and on waking published the file anyway.
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 8)
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.5)
+
+    async def scenario() -> tuple[Exporter, Exporter]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, records)
+        relay = _StallingRelay(clean_redis)
+        owner = Exporter(Store(aioredis.Redis.from_url(await relay.start())), export, "owner-1")
+        await owner._prepare()
+        await owner.poll()
+        assert len(owner.buffer) == len(records)
+        relay.flowing.clear()  # the owner stalls from its next call on
+        flushing = asyncio.create_task(owner.flush())
+        while relay.held == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2.0)  # its heartbeat expires
+        live = Exporter(store, export, "live-1")
+        await live._prepare()
+        assert await live.claim_dead() == len(records)
+        await live.flush()
+        relay.flowing.set()  # the owner wakes
+        assert await flushing == []
+        await owner.store.client.aclose()
+        await relay.close()
+        await store.client.aclose()
+        return owner, live
+
+    with caplog.at_level(logging.ERROR, logger="server.exporter"):
+        owner, live = asyncio.run(scenario())
+    ids = [e for f in (tmp_path / "logs").rglob("*.parquet") for e in pq.read_table(f).column("event_id").to_pylist()]
+    assert sorted(ids) == sorted(r["event_id"] for r in records), "each decision exactly once"
+    assert (owner.exported, live.exported) == (0, len(records))
+    assert owner.consumer == "owner-1-g1" and not owner.buffer
+    assert "exporter owner-1 was presumed dead" in caplog.text
+
+
+def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
+    store = Store(aioredis.Redis.from_url(clean_redis))
+    owner, claimer = Exporter(store, export, "owner-1"), Exporter(store, export, "live-1")
+    owner.buffer = {"1-0": _decisions(settings, index, 1)[0]}
+    writing = tmp_path / "logs" / "date=2026-01-01" / "part-1_0-owner-1.parquet"
+    writing.parent.mkdir(parents=True)
+    partial = writing.with_name(f".{writing.name}.partial")
+    partial.write_bytes(b"PAR1 half a file")  # the owner is writing it
+    not_started = writing.with_name("part-2_0-owner-1.parquet")  # the owner has not begun this one
+    done = writing.with_name("part-3_0-owner-1.parquet")
+    owner._write({"d": ["1-0"]}, {"d": done})  # ...and published this one
+
+    assert claimer._fence([str(writing), str(not_started), str(done)]) == {(owner.buffer["1-0"]["event_id"],)}
+    for path in (writing, not_started):
+        with pytest.raises(Fenced):
+            owner._write({"d": ["1-0"]}, {"d": path})
+        assert not path.exists()
+    assert partial.stat().st_size == 0  # the fence marker: hidden, empty
+    assert sorted(p.name for p in writing.parent.glob("*.parquet")) == [done.name]
+    assert pq.read_table(tmp_path / "logs").num_rows == 1  # readers of the directory skip the hidden fences
+    asyncio.run(store.client.aclose())
+
+
+def test_one_exporter_at_a_time_claims_a_dead_one(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 6)
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=30.0)
+
+    async def scenario() -> tuple[int, int, Any, bool]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, records)
+        dead = Exporter(store, export, "dead-1")
+        await dead._prepare()
+        await dead.poll()
+        await store.client.delete(store.alive_key("decisions:dead-1"))
+        first, second = Exporter(store, export, "a"), Exporter(store, export, "b")
+        stream, group = first.dataset.stream, first.dataset.group
+        assert await store.lock_claim(stream, "dead-1", "a", 30_000)  # a is claiming dead-1...
+        skipped = await second.claim_dead()  # ...so b leaves it alone
+        await store.client.delete(store.claim_key(stream, "dead-1"))  # a stalls until its lock expires
+        taken = await second.claim_dead()
+        stale = await store.claim(stream, group, "dead-1", "a", 30_000, [b"0-1"])  # a wakes: refused
+        forgotten = await store.forget(stream, group, "b", "b")  # b holds no lock on itself, and has entries
+        await store.client.aclose()
+        return skipped, taken, stale, forgotten
+
+    skipped, taken, stale, forgotten = asyncio.run(scenario())
+    assert (skipped, taken, stale, forgotten) == (0, len(records), None, False)
+
+
+def test_an_exporter_whose_heartbeat_lapsed_goes_on_under_a_new_name_and_loses_nothing(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 5)
+    export = settings.export.__class__(tmp_path / "logs", 100, 0.05, consumer_ttl_s=30.0)
+
+    async def scenario() -> tuple[Exporter, list[str]]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, records)
+        exporter = Exporter(store, export, "x")
+        await exporter._prepare()
+        await exporter.poll()
+        await store.client.delete(store.alive_key("decisions:x"))  # it was paused past its TTL
+        await exporter.step()  # notices, drops its buffer, becomes x-g1
+        assert exporter.consumer == "x-g1" and not exporter.buffer
+        for _ in range(3):
+            await exporter.step()  # x-g1 claims x's entries, then writes them
+        consumers = [c["name"].decode() for c in await store.client.xinfo_consumers(*_stream_group(exporter))]
+        await store.client.aclose()
+        return exporter, consumers
+
+    exporter, consumers = asyncio.run(scenario())
+    ids = [e for f in (tmp_path / "logs").rglob("*.parquet") for e in pq.read_table(f).column("event_id").to_pylist()]
+    assert sorted(ids) == sorted(r["event_id"] for r in records)
+    assert exporter.exported == len(records) and consumers == ["x-g1"]
+
+
+def _stream_group(exporter: Exporter) -> tuple[str, str]:
+    return exporter.dataset.stream, exporter.dataset.group
 
 
 def test_learner_lease_and_position_guard_against_a_second_learner(
