@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,13 +133,20 @@ async def _apply_settings(server: ScoutServer, settings: Settings) -> None:
 
 
 async def _update_gauges(server: ScoutServer) -> float:
-    """Refresh the gauges that are read from Redis and from the serving policies; returns the seconds to wait."""
+    """Refresh the gauges that are read from Redis and from the serving policies; returns the seconds to wait.
+
+    The gauges read from Redis are NaN while it does not answer: a backlog's last value would read as current.
+    """
     metrics, recommender = server.metrics, server.service.recommender
-    pending, join_lag, learner_lag = await server.store.lags()
-    metrics.pending.set(pending)
-    metrics.join_lag.set(join_lag)
-    metrics.learner_lag.set(learner_lag)
-    metrics.export_lag.set(await server.store.export_lag())
+    read_from_redis = (metrics.pending, metrics.join_lag, metrics.learner_lag, metrics.export_lag)
+    try:
+        values = (*await server.store.lags(), await server.store.export_lag())
+    except Exception:
+        for gauge in read_from_redis:  # unknown while Redis does not answer, rather than the last value seen
+            gauge.set(math.nan)
+        raise
+    for gauge, value in zip(read_from_redis, values, strict=True):
+        gauge.set(value)
     metrics.fallbacks.set(recommender.fallbacks)
     metrics.index.info({"version": recommender.index.version})
     metrics.config.info({"version": recommender.config_version})

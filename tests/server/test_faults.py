@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_api import scrape
 
 from bandits.registry import load_policy
 from offline_eval.logs import SCHEMA_VERSION
@@ -302,20 +304,26 @@ def finish(traffic: Traffic, client: redis.Redis, timeout_s: float = 60.0) -> Le
 def test_redis_kill9_and_restart_mid_traffic(index_dir: Path, tmp_path: Path, external_redis) -> None:
     url = external_redis[0].url
     config = write_config(tmp_path / "scout.toml", index_dir, tmp_path, url)
-    serve = start_serve(config, tmp_path, "serve", free_port())
+    metrics_port = free_port()
+    serve = start_serve(config, tmp_path, "serve", free_port(), "--metrics-port", str(metrics_port))
     client = redis.Redis.from_url(url)
     traffic = Traffic([serve.target], seed=11)
+    from_redis = ("scout_pending_decisions", "scout_join_lag_seconds", "scout_export_lag_seconds")
     try:
         time.sleep(2.0)
         before = versions(client)
+        assert all(math.isfinite(scrape(metrics_port)[g]) for g in from_redis)
         os.kill(external_redis[0].process.pid, signal.SIGKILL)
         external_redis[0].process.wait()
         external_redis[0].stop()
         wait_for(lambda: serve.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 10, "NOT_SERVING")
+        # a backlog's last value would read as current: the gauges read from Redis are unknown during the outage
+        wait_for(lambda: all(math.isnan(scrape(metrics_port)[g]) for g in from_redis), 10, "NaN gauges")
         time.sleep(1.0)
         external_redis[0] = RedisProcess(tmp_path / "ext-redis")
         client = redis.Redis.from_url(url)
         wait_for(lambda: serve.health() == health_pb2.HealthCheckResponse.SERVING, 20, "SERVING after restart")
+        wait_for(lambda: all(math.isfinite(scrape(metrics_port)[g]) for g in from_redis), 10, "gauges back")
         time.sleep(2.0)
         ledger = finish(traffic, client)
         assert ledger.failed["UNAVAILABLE"] > 0, "the outage never reached a client"
