@@ -41,7 +41,7 @@ class IndexConfig:
         IVF lists visited per query; ``None`` tunes it for ``target_recall``.
     pq_m, pq_bits
         IVF-PQ sub-quantizers (must divide d) and bits per code; 4 bits scan the codes in SIMD blocks
-        (``IndexIVFPQFastScan``).
+        (``IndexIVFPQFastScan``). ``None``: 16 and 8.
     rerank
         IVF-PQ only: fetch ``rerank * k`` candidates by their codes and re-score them exactly from the stored
         vectors, keeping the best k (0, the default: the codes' approximate scores as they are).
@@ -52,7 +52,7 @@ class IndexConfig:
         fp16 precision, so near-ties can order differently from float32. ``auto`` builds its IVF-Flat so;
         ``index_type="ivf_flat"`` keeps float32 lists unless this is set.
     hnsw_m, ef_construction
-        HNSW graph degree and build-time beam width.
+        HNSW graph degree and build-time beam width. ``None``: 32 and 40.
     ef_search
         HNSW search beam width; ``None`` tunes it for ``target_recall``.
     train_size
@@ -71,12 +71,12 @@ class IndexConfig:
     metric: str = "inner_product"
     nlist: int | None = None
     nprobe: int | None = None
-    pq_m: int = 16
-    pq_bits: int = 8
+    pq_m: int | None = None
+    pq_bits: int | None = None
     rerank: int = 0
     fp16: bool = False
-    hnsw_m: int = 32
-    ef_construction: int = 40
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
     ef_search: int | None = None
     train_size: int | None = None
     target_recall: float = 0.95
@@ -91,14 +91,14 @@ class IndexConfig:
             raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        for name in ("nlist", "nprobe", "ef_search", "train_size"):
+        for name in ("nlist", "nprobe", "ef_search", "train_size", "pq_m", "pq_bits", "hnsw_m", "ef_construction"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
-        for name in ("pq_m", "pq_bits", "hnsw_m", "ef_construction", "recall_k", "recall_queries", "flat_below"):
+        for name in ("recall_k", "recall_queries", "flat_below"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.pq_bits > 16:
+        if self.pq_bits is not None and self.pq_bits > 16:
             raise ValueError(f"pq_bits must be at most 16 (FAISS's product quantizer), got {self.pq_bits}")
         if self.rerank < 0:
             raise ValueError(f"rerank must be 0 (off) or positive, got {self.rerank}")
@@ -113,6 +113,7 @@ class IndexConfig:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
         ivf = ("ivf_flat", "ivf_pq")  # and auto, which builds IVF-Flat at scale; it never builds HNSW
         applies = {"nlist": ivf, "nprobe": ivf, "train_size": ivf, "ef_search": ("hnsw",)}
+        applies |= {"pq_m": ("ivf_pq",), "pq_bits": ("ivf_pq",), "hnsw_m": ("hnsw",), "ef_construction": ("hnsw",)}
         for name, types in applies.items():  # a given option the index would ignore is a mistake worth naming
             allowed = (*types, "auto") if types == ivf else types
             if getattr(self, name) is not None and self.index_type not in allowed:
@@ -239,6 +240,8 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
     if kind == "flat":
         inner: Any = faiss.IndexFlat(d, metric)
     elif kind in ("ivf_flat", "ivf_pq"):
+        pq_m = 16 if config.pq_m is None else config.pq_m
+        pq_bits = 8 if config.pq_bits is None else config.pq_bits
         nlist = min(config.nlist or default_nlist(n), max(n, 1))
         quantizer = faiss.IndexFlat(d, metric)
         fp16 = fp16_lists(config, kind)
@@ -248,15 +251,15 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
         elif kind == "ivf_flat":
             inner = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
         else:
-            if d % config.pq_m:
-                raise ValueError(f"pq_m={config.pq_m} must divide the vector dimension d={d}")
-            pq = faiss.IndexIVFPQFastScan if config.pq_bits == 4 else faiss.IndexIVFPQ
-            inner = pq(quantizer, d, nlist, config.pq_m, config.pq_bits, metric)
+            if d % pq_m:
+                raise ValueError(f"pq_m={pq_m} must divide the vector dimension d={d}")
+            pq = faiss.IndexIVFPQFastScan if pq_bits == 4 else faiss.IndexIVFPQ
+            inner = pq(quantizer, d, nlist, pq_m, pq_bits, metric)
         inner.cp.seed = config.seed
         train_size = min(n, config.train_size or 64 * nlist)
-        if kind == "ivf_pq" and train_size < 2**config.pq_bits:
+        if kind == "ivf_pq" and train_size < 2**pq_bits:
             raise ValueError(
-                f"pq_bits={config.pq_bits} needs at least {2**config.pq_bits} training vectors (2**pq_bits), "
+                f"pq_bits={pq_bits} needs at least {2**pq_bits} training vectors (2**pq_bits), "
                 f"got {train_size}: lower pq_bits or raise train_size"
             )
         sample = vectors[np.sort(rng.choice(n, size=train_size, replace=False))] if train_size < n else vectors
@@ -269,15 +272,17 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
         if kind == "ivf_flat":
             build["storage"] = "float16" if fp16 else "float32"
         if kind == "ivf_pq":
-            build |= {"pq_m": config.pq_m, "pq_bits": config.pq_bits, "fast_scan": config.pq_bits == 4}
+            build |= {"pq_m": pq_m, "pq_bits": pq_bits, "fast_scan": pq_bits == 4}
             if config.rerank:
                 params["rerank"] = config.rerank
         if build["gpu"]:
             inner.clustering_index = None
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, config.hnsw_m, metric)
-        inner.hnsw.efConstruction = config.ef_construction
-        build |= {"m": config.hnsw_m, "ef_construction": config.ef_construction}
+        hnsw_m = 32 if config.hnsw_m is None else config.hnsw_m
+        ef_construction = 40 if config.ef_construction is None else config.ef_construction
+        inner = faiss.IndexHNSWFlat(d, hnsw_m, metric)
+        inner.hnsw.efConstruction = ef_construction
+        build |= {"m": hnsw_m, "ef_construction": ef_construction}
     else:  # pragma: no cover - IndexConfig validates the type
         raise ValueError(f"unknown index type {kind!r}")
     # IVF indexes store the ids they are given and remove without renumbering; flat and HNSW number their vectors

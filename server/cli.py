@@ -18,9 +18,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.logs import configure as configure_logging
+
+if TYPE_CHECKING:
+    from embeddings.factory import IndexConfig
 
 log = logging.getLogger("scout")
 
@@ -102,11 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     build.add_argument("--nlist", type=integer(1, 2**20), help="IVF lists (default 4*sqrt(N) as a power of two)")
     build.add_argument("--nprobe", type=integer(1, 2**20), help="IVF lists probed per query (default: tuned)")
-    build.add_argument("--pq-m", type=integer(1, 4096), default=16, help="IVF-PQ sub-quantizers (default 16)")
+    build.add_argument("--pq-m", type=integer(1, 4096), help="IVF-PQ sub-quantizers (default 16)")
     build.add_argument(
         "--pq-bits",
         type=integer(1, 16),
-        default=8,
         help="IVF-PQ bits per code (default 8; 4 scans the codes in SIMD blocks)",
     )
     build.add_argument(
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         help="with --index-type ivf_flat: keep the vectors as 16-bit floats (half the memory, faster scans at "
         "about the same recall; auto does so already)",
     )
-    build.add_argument("--m", type=integer(1, 1024), default=32, help="HNSW graph degree (default 32)")
-    build.add_argument("--ef-construction", type=integer(1, 10**6), default=40, help="HNSW build beam (default 40)")
+    build.add_argument("--m", type=integer(1, 1024), help="HNSW graph degree (default 32)")
+    build.add_argument("--ef-construction", type=integer(1, 10**6), help="HNSW build beam (default 40)")
     build.add_argument("--ef-search", type=integer(1, 10**6), help="HNSW search beam (default: tuned)")
     build.add_argument("--train-size", type=COUNT, help="vectors sampled to train IVF (default min(N, 64*nlist))")
     build.add_argument(
@@ -512,16 +514,26 @@ def _world(args: argparse.Namespace) -> None:
     log.info("wrote %d items to %s", len(world.catalog), args.out)
 
 
-def _build(args: argparse.Namespace) -> None:
-    from embeddings.builder import build_artifact
-    from embeddings.catalog import read_catalog
-    from embeddings.encoder import EncoderConfig
+_INDEX_FLAGS = {
+    "index_type": "--index-type",
+    "nlist": "--nlist",
+    "nprobe": "--nprobe",
+    "pq_m": "--pq-m",
+    "pq_bits": "--pq-bits",
+    "rerank": "--rerank",
+    "fp16": "--fp16",
+    "hnsw_m": "--m",
+    "ef_construction": "--ef-construction",
+    "ef_search": "--ef-search",
+    "train_size": "--train-size",
+    "target_recall": "--target-recall",
+}
+
+
+def _index_config(args: argparse.Namespace) -> IndexConfig:
     from embeddings.factory import IndexConfig
 
-    config = EncoderConfig(
-        dim=args.dim, batch_size=args.batch_size, seed=args.seed, device=args.device, text_encoder=args.text_encoder
-    )
-    index_config = IndexConfig(
+    return IndexConfig(
         index_type=args.index_type,
         nlist=args.nlist,
         nprobe=args.nprobe,
@@ -535,6 +547,23 @@ def _build(args: argparse.Namespace) -> None:
         train_size=args.train_size,
         target_recall=args.target_recall,
     )
+
+
+def _build(args: argparse.Namespace) -> None:
+    from embeddings.builder import build_artifact
+    from embeddings.catalog import read_catalog
+    from embeddings.encoder import EncoderConfig
+
+    config = EncoderConfig(
+        dim=args.dim, batch_size=args.batch_size, seed=args.seed, device=args.device, text_encoder=args.text_encoder
+    )
+    try:
+        index_config = _index_config(args)
+    except ValueError as exc:  # name the flags, not IndexConfig's fields
+        message = str(exc)
+        for field, flag in _INDEX_FLAGS.items():
+            message = re.sub(rf"\b{field}\b", flag, message)
+        raise ValueError(message) from None
     catalog = read_catalog(args.catalog)
     if args.tower is not None:
         from embeddings.builder import build_tower_artifact

@@ -18,6 +18,14 @@ def test_world_build_and_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["build", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "idx"), "--dim", "8"]) == 0
     assert '"count": 300' in capsys.readouterr().out
     assert main(["build", "--catalog", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
+    # --m had a default, so an IVF build took --m 64 and said nothing; the error names the flags, not the fields
+    wrong = ["build", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "x"), "--index-type", "flat"]
+    capsys.readouterr()
+    assert main([*wrong, "--m", "64"]) == 2
+    assert "--m applies to --index-type hnsw only, got 'flat'" in capsys.readouterr().err
+    assert main([*wrong, "--pq-bits", "4"]) == 2
+    assert "--pq-bits applies to --index-type ivf_pq only, got 'flat'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["evaluate", "--logs", str(tmp_path), "--index", str(tmp_path / "idx"), "--policy", "linucb"]) == 2
     # The demo's target learns from half of the requests and is evaluated on the other half.
     with pytest.raises(SystemExit) as refused:

@@ -215,6 +215,15 @@ def test_options_the_index_would_ignore_are_refused() -> None:
     with pytest.raises(ValueError, match="ef_search applies to index_type hnsw only, got 'auto'"):
         IndexConfig(ef_search=64)  # auto builds flat or IVF-Flat
     IndexConfig(nlist=16, nprobe=16, train_size=100)  # auto builds IVF-Flat at scale
+    # scout build --index-type ivf_flat --m 64 built IVF-Flat and said nothing: the options had defaults
+    for index_type in ("auto", "flat", "ivf_flat", "hnsw"):
+        for name in ("pq_m", "pq_bits"):
+            with pytest.raises(ValueError, match=f"{name} applies to index_type ivf_pq only, got '{index_type}'"):
+                IndexConfig(index_type=index_type, **{name: 4})
+    for index_type in ("auto", "flat", "ivf_flat", "ivf_pq"):
+        for name in ("hnsw_m", "ef_construction"):
+            with pytest.raises(ValueError, match=f"{name} applies to index_type hnsw only, got '{index_type}'"):
+                IndexConfig(index_type=index_type, **{name: 16})
 
 
 def test_rerank_is_for_ivf_pq_only() -> None:
