@@ -253,6 +253,7 @@ async def start_server(
         running.loops[-1].start()
     if background:
         running.background = start_background(store, settings, versions, stop, identity=identity)
+        metrics.registry.register(running.background)
     running.health_task = asyncio.create_task(_watch_health(running, health_servicer))
     freeze_heap()  # the index and everything loaded so far lives as long as the server
     log.info("scout listening on %s:%d (index %s, redis %s)", settings.server.host, port, index.version, url)

@@ -261,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--joiner", action="store_true", help="join decisions whose reward window closed")
     worker.add_argument("--learner", action="store_true", help="learn from joined decisions, publish snapshots")
     worker.add_argument("--exporter", action="store_true", help="export joined decisions and late rewards")
+    worker.add_argument(
+        "--metrics-port",
+        type=port_number,
+        help="serve the loops' Prometheus metrics on this HTTP port (0 picks a free one; on server.metrics_host)",
+    )
 
     reload_index = commands.add_parser(
         "reload-index",
@@ -686,7 +691,8 @@ def _worker(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, roles, stop, None if args.config is None else (args.config, load))
+        config = None if args.config is None else (args.config, load)
+        await run_worker(settings, roles, stop, config, metrics_port=args.metrics_port)
 
     asyncio.run(work())
 

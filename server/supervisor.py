@@ -5,7 +5,8 @@ process shares it), a ``scout worker`` process for the joiner, learner and expor
 and N ``scout serve --no-background`` processes bound to the same port with ``SO_REUSEPORT``: the kernel spreads
 new connections over them. Each serving process answers with the trailing metadata ``x-scout-worker`` (its index).
 With a metrics port, each serving process serves its metrics on a port of its own and the parent serves the
-configured one: every process's series, labelled by ``worker`` (:class:`server.metrics.WorkerMetrics`).
+configured one: every process's series, labelled by ``worker`` (:class:`server.metrics.WorkerMetrics`); the
+background process's (its loops' health and counts) have ``worker="background"``.
 
 SIGTERM or SIGINT to the parent is passed on to every child; each drains its in-flight requests and the worker
 flushes its logs, as a single ``scout serve`` does. A child that exits unexpectedly is restarted after a short,
@@ -32,6 +33,8 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "SCOUT_WORKER_INDEX"
+#: The ``worker`` label of the background process's series in the parent's metrics.
+BACKGROUND = "background"
 MAX_RESTART_DELAY_S = 10.0
 
 
@@ -82,16 +85,20 @@ def run_workers(
     metrics_http = None
     if settings.server.metrics_port is not None:
         metrics_ports = {str(k): _free_port(settings.server.metrics_host) for k in range(workers)}
+        if background:
+            metrics_ports[BACKGROUND] = _free_port(settings.server.metrics_host)
         metrics_http = serve_worker_metrics(metrics_ports, settings.server.metrics_host, settings.server.metrics_port)
         log.info("metrics of every serving process on port %d", metrics_http.server_address[1])
     scout = [sys.executable, "-m", "server.cli", *log_args]
     common = ["--config", str(config)] if config is not None else []
     serve = [*scout, "serve", *common, "--no-background", "--reuse-port"]
     children = [_Child(f"serve-{k}", serve, env | {WORKER_INDEX_ENV: str(k)}) for k in range(workers)]
-    for k, metrics_port in metrics_ports.items():
-        children[int(k)].env["SCOUT_METRICS_PORT"] = str(metrics_port)
+    for k in range(workers):
+        if str(k) in metrics_ports:
+            children[k].env["SCOUT_METRICS_PORT"] = str(metrics_ports[str(k)])
     if background:
-        children.append(_Child("worker", [*scout, "worker", *common], env))
+        metrics = ["--metrics-port", str(metrics_ports[BACKGROUND])] if BACKGROUND in metrics_ports else []
+        children.append(_Child("worker", [*scout, "worker", *common, *metrics], env))
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:

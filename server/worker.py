@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from embeddings.index import IndexArtifact
 from server.config_reloader import ConfigReloader
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 ROLES = ("joiner", "learner", "exporter")
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a Prometheus registry keeps it as a collector
 class Background:
     """The background loops of one process and the objects they drive."""
 
@@ -41,6 +44,33 @@ class Background:
     def exported(self) -> int:
         """Decisions this process has exported."""
         return sum(e.exported for e in self.exporters)
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus families of these loops (a collector: register it in a ``CollectorRegistry``)."""
+        up = GaugeMetricFamily("scout_loop_up", "Whether a background loop's last step succeeded", labels=["loop"])
+        for loop in self.loops:
+            up.add_metric([loop.name], float(loop.healthy))
+        yield up
+        counts = {
+            "exported": ("Entries written to Parquet files", lambda e: e.exported),
+            "export_claimed": ("Entries taken over from exporters presumed dead", lambda e: e.claimed),
+            "export_dropped": ("Stream entries that did not parse, acknowledged without a row", lambda e: e.dropped),
+        }
+        for name, (text, value) in counts.items():
+            family = CounterMetricFamily(f"scout_{name}", text, labels=["dataset"])
+            for dataset, exporters in (("decisions", self.exporters), ("late", self.late_exporters)):
+                if exporters:
+                    family.add_metric([dataset], float(sum(value(e) for e in exporters)))
+            yield family
+        if self.joiner is not None:
+            yield CounterMetricFamily("scout_joined", "Decisions joined with their rewards", value=self.joiner.joined)
+        if self.learner is not None:
+            learned = CounterMetricFamily(
+                "scout_learner_entries", "Joined decisions the learner read", labels=["outcome"]
+            )
+            learned.add_metric(["applied"], float(self.learner.applied))
+            learned.add_metric(["skipped"], float(self.learner.skipped))
+            yield learned
 
     async def wait(self) -> None:
         """Wait for every loop to end (after their stop event is set)."""
@@ -94,10 +124,13 @@ async def run_worker(
     roles: tuple[str, ...],
     stop: asyncio.Event,
     config: tuple[Path, Callable[[], Settings]] | None = None,
+    metrics_port: int | None = None,
 ) -> Background:
     """Run background loops in this process until ``stop`` is set (``scout worker``); needs a shared Redis.
 
-    With ``config`` (the ``--config`` file and its loader), the learner follows reloads of the experiments.
+    With ``config`` (the ``--config`` file and its loader), the learner follows reloads of the experiments. With
+    ``metrics_port``, the loops' metrics (:meth:`Background.collect`) are served there, on
+    ``server.metrics_host``.
     """
     if not settings.redis_url:
         raise ValueError(
@@ -117,11 +150,20 @@ async def run_worker(
         watcher = ConfigReloader(config[0], config[1], settings, follow)
         bg.loops.append(Loop("config-watch", watcher.step, stop))
         bg.loops[-1].start()
+    http = None
+    if metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(bg)
+        http, _thread = start_http_server(metrics_port, addr=settings.server.metrics_host, registry=registry)
+        log.info("metrics of the background loops on port %d", http.server_address[1])
     try:
         await stop.wait()
         log.info("stopping: finishing the background loops' current steps and flushing the exporters")
         await bg.wait()
     finally:
         await store.client.aclose()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
     log.info("background %s stopped", ", ".join(roles))
     return bg

@@ -319,11 +319,13 @@ def test_redis_kill9_and_restart_mid_traffic(index_dir: Path, tmp_path: Path, ex
         wait_for(lambda: serve.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 10, "NOT_SERVING")
         # a backlog's last value would read as current: the gauges read from Redis are unknown during the outage
         wait_for(lambda: all(math.isnan(scrape(metrics_port)[g]) for g in from_redis), 10, "NaN gauges")
+        wait_for(lambda: scrape(metrics_port)['scout_loop_up{loop="joiner"}'] == 0, 10, "the joiner down")
         time.sleep(1.0)
         external_redis[0] = RedisProcess(tmp_path / "ext-redis")
         client = redis.Redis.from_url(url)
         wait_for(lambda: serve.health() == health_pb2.HealthCheckResponse.SERVING, 20, "SERVING after restart")
         wait_for(lambda: all(math.isfinite(scrape(metrics_port)[g]) for g in from_redis), 10, "gauges back")
+        wait_for(lambda: scrape(metrics_port)['scout_loop_up{loop="joiner"}'] == 1, 20, "the joiner back")
         time.sleep(2.0)
         ledger = finish(traffic, client)
         assert ledger.failed["UNAVAILABLE"] > 0, "the outage never reached a client"

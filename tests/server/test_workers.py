@@ -64,10 +64,21 @@ def test_two_workers_on_one_port_share_traffic_and_state(
             if s.labels["method"].endswith("/Recommend") and s.labels["code"] == "OK"
         }
         assert recommends == {w: float(n) for w, n in served_by.items()}, (recommends, served_by)
-        assert {s.labels["worker"]: s.value for s in families["scout_worker_up"].samples} == {"0": 1.0, "1": 1.0}
+        up = {s.labels["worker"]: s.value for s in families["scout_worker_up"].samples}
+        assert up == {"0": 1.0, "1": 1.0, "background": 1.0}
         client = redis.Redis(unix_socket_path=str(tmp_path / "redis" / "redis.sock"))
         wait_for(lambda: drained(client) and client.hget(f"{PREFIX}:learner", "position") is not None, 60, "drain")
         client.close()
+        # ...and the background process's: its loops' health and what they did (it had no metrics before)
+        families = {f.name: f for f in text_string_to_metric_families(scrape(metrics_port))}
+        loops = {s.labels["loop"]: s.value for s in families["scout_loop_up"].samples}
+        assert loops == {"joiner": 1.0, "learner": 1.0, "exporter": 1.0, "late-exporter": 1.0, "config-watch": 1.0}
+        assert all(s.labels["worker"] == "background" for s in families["scout_loop_up"].samples)
+        exported_total = {s.labels["dataset"]: s.value for s in families["scout_exported"].samples}
+        assert exported_total["decisions"] == len(sent)
+        assert [s.value for s in families["scout_joined"].samples] == [len(sent)]
+        learned = {s.labels["outcome"]: s.value for s in families["scout_learner_entries"].samples}
+        assert learned == {"applied": len(sent), "skipped": 0}
     finally:
         for channel in channels:
             channel.close()
