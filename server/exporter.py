@@ -7,15 +7,16 @@ re-writes a batch after a failed acknowledgement replaces its own file with a su
 
 Liveness: every exporter refreshes a heartbeat key of its own (``export.consumer_ttl_s``). A live exporter claims
 the unacknowledged entries of a consumer whose heartbeat expired. Before writing a file an exporter records its path
-in ``{p}:export:inflight``, in one script with refreshing its heartbeat and only if the heartbeat is still live. The
-claimer fences each recorded path before looking at it: it creates the hidden partial file the dead exporter would
-write (``.<name>.partial``, with ``O_EXCL``), first moving away one already being written. The owner creates its
-partial with ``O_EXCL`` and publishes it by renaming it, so once fenced it can publish nothing; the claimer then
-acknowledges (instead of exporting again) the entries of the files that did reach disk (exporters sharing a Redis
-share ``log_dir``). An exporter whose heartbeat lapsed, or that finds itself fenced, drops its buffer and goes on
-under a new consumer name (``<name>-g<n>``): the entries of the old one are claimed like any dead exporter's. So a
-paused exporter that wakes after being claimed exports nothing twice. The fence markers are empty hidden files,
-left in place (readers skip names starting with ``.``).
+in ``{p}:export:inflight``, in one script with refreshing its heartbeat and only if the heartbeat is still live. It
+writes (and fsyncs) each file as ``data`` in a hidden staging directory, ``.<name>.d``, and publishes it by renaming
+``.<name>.d/data`` to the file's name. One exporter at a time claims a dead one (a lock under the stream's hash
+tag). The claimer first fences each recorded path: it puts a plain file at ``.<name>.d`` (``O_EXCL``), moving aside
+and removing the owner's directory if it is there. The rename goes by path, so from then on the owner can publish
+nothing. The claimer acknowledges (instead of exporting again) the entries of the files that did reach disk
+(exporters sharing a Redis share ``log_dir``) and exports the rest. An exporter whose heartbeat lapsed, or that
+finds itself fenced, drops its buffer and goes on under a new consumer name (``<name>-g<n>``): the entries of the
+old one are claimed like any dead exporter's. So a paused exporter that wakes after being claimed exports nothing
+twice and loses nothing. The fences are empty hidden files, left in place (readers skip names starting with ``.``).
 
 Files roll at ``export.flush_rows`` rows, ``export.max_file_bytes`` of buffered records or
 ``export.flush_interval_s`` after their first row. Decisions are partitioned by the UTC date of the *decision*
@@ -27,9 +28,12 @@ Files roll at ``export.flush_rows`` rows, ``export.max_file_bytes`` of buffered 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
+import secrets
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -48,9 +52,49 @@ from server.store import EXPORTER_GROUP, Store, joined_record, stream_id
 log = logging.getLogger(__name__)
 
 
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before it is published: hidden, so that readers of the directory skip it."""
-    return path.with_name(f".{path.name}.partial")
+def _staging(path: Path) -> Path:
+    """Where ``path`` is written before it is published: a hidden directory, which readers of the log skip."""
+    return path.with_name(f".{path.name}.d")
+
+
+def _stage(path: Path) -> int:
+    """Create ``path``'s staging directory and open it; Fenced if a claimer's fence (a plain file) is there."""
+    staging = _staging(path)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(staging)
+        return os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
+        raise Fenced(path) from exc
+
+
+def _write_data(directory: int, table: pa.Table) -> None:
+    """Write ``table`` as the staging directory's ``data`` file (opened by descriptor) and sync it to disk."""
+    fd = os.open("data", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=directory)
+    with os.fdopen(fd, "wb") as file:
+        pq.write_table(table, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _publish(path: Path) -> None:
+    """Rename the staged ``data`` to ``path``; Fenced once a claimer has replaced the staging directory.
+
+    The rename goes by path, not by the directory's descriptor, so a fence placed at any moment before it wins.
+    Then the directory entry is synced and the staging directory removed.
+    """
+    staging = _staging(path)
+    try:
+        os.rename(staging / "data", path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise Fenced(path) from exc
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(parent)
+    finally:
+        os.close(parent)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError, OSError):
+        os.rmdir(staging)  # a claimer may have fenced it since: its fence stays
 
 
 class Fenced(Exception):
@@ -206,10 +250,11 @@ class Exporter:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        if self._started and not await self._heartbeat():
+        if self._started and not await self._heartbeat():  # refreshed only while live, never revived
             await self._presumed_dead("its heartbeat expired while it was failing")
-        await self._heartbeat(create=True)
-        self._started = True
+        if not self._started:  # a name no exporter has read under yet, so none can have claimed it
+            await self._heartbeat(create=True)
+            self._started = True
         await self.poll(start="0")
         self._ready = True
 
@@ -342,29 +387,41 @@ class Exporter:
     def _fence(self, paths: list[str]) -> set[tuple[Any, ...]]:
         """Stop a dead consumer from publishing ``paths``, then return the row keys of those that reached disk.
 
-        For each path, create the partial file its owner would write, with ``O_EXCL``; if the owner's is there
-        (being written), move it away first. The owner creates its partial with ``O_EXCL`` and publishes it by
-        renaming, so after this it can publish none of them: what is on disk now is all it ever wrote.
+        For each path, put a plain file where the owner stages it (``.<name>.d``, created with ``O_EXCL``),
+        first moving aside and removing the owner's staging directory if it is there. The owner publishes by
+        renaming ``.<name>.d/data`` by path, which fails once its directory is gone, so after this it can publish
+        none of them: what is on disk now is all it ever wrote. A published file that cannot be read is moved
+        aside (hidden, ``.<name>.unreadable``) and its entries are exported again.
         """
         written: set[tuple[Any, ...]] = set()
         for text in paths:
             path = Path(text)
-            partial = _partial(path)
-            partial.parent.mkdir(parents=True, exist_ok=True)
+            staging = _staging(path)
+            staging.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 try:
-                    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                     break
                 except FileExistsError:
-                    aside = partial.with_name(f"{partial.name}.fenced-{self.consumer}")
+                    aside = staging.with_name(f"{staging.name}.fenced-{self.consumer}-{secrets.token_hex(3)}")
                     try:
-                        os.replace(partial, aside)
-                        os.unlink(aside)
+                        os.rename(staging, aside)
                     except FileNotFoundError:
-                        pass  # published or removed meanwhile: create the fence on the next try
-            if path.exists():
+                        continue  # published or removed meanwhile: fence on the next try
+                    if aside.is_dir():
+                        shutil.rmtree(aside, ignore_errors=True)  # the owner may still be writing into it
+                    else:
+                        aside.unlink(missing_ok=True)
+            if not path.exists():
+                continue
+            try:
                 rows = pq.read_table(path, columns=list(self.dataset.key_columns)).to_pylist()
-                written |= {tuple(row[c] for c in self.dataset.key_columns) for row in rows}
+            except (OSError, pa.ArrowException) as exc:
+                unreadable = path.with_name(f".{path.name}.unreadable")
+                os.replace(path, unreadable)
+                log.error("%s does not read (%s); moved to %s, its entries are exported again", path, exc, unreadable)
+                continue
+            written |= {tuple(row[c] for c in self.dataset.key_columns) for row in rows}
         return written
 
     def _key(self, fields: dict[bytes, bytes]) -> tuple[Any, ...]:
@@ -405,27 +462,24 @@ class Exporter:
         return list(paths.values())
 
     def _write(self, groups: dict[str, list[str]], paths: dict[str, Path]) -> None:
-        """Write each file as a hidden partial created with ``O_EXCL``, then rename it; Fenced if another took it."""
+        """Write each file in its staging directory, then publish it; Fenced if a claimer took it meanwhile."""
         for day, ids in groups.items():
             path = paths[day]
-            path.parent.mkdir(parents=True, exist_ok=True)
             table = self.dataset.to_table([self.buffer[i] for i in ids])
             metadata = dict(table.schema.metadata or {})
             metadata[b"scout.schema_version"] = SCHEMA_VERSION.encode()
             metadata[b"scout.dataset"] = self.dataset.name.encode()
-            partial = _partial(path)
+            directory = _stage(path)
             try:
-                with open(partial, "xb") as file:
-                    mine = os.fstat(file.fileno()).st_ino
-                    try:
-                        pq.write_table(table.replace_schema_metadata(metadata), file)
-                    except BaseException:
-                        if os.stat(partial).st_ino == mine:  # not a claimer's fence
-                            os.unlink(partial)
-                        raise
-                os.replace(partial, path)
-            except (FileExistsError, FileNotFoundError) as exc:
+                _write_data(directory, table.replace_schema_metadata(metadata))
+            except FileNotFoundError as exc:  # a claimer removed the directory before the file was created
                 raise Fenced(path) from exc
+            except BaseException:
+                shutil.rmtree(_staging(path), ignore_errors=True)  # a claimer's fence is a file: it stays
+                raise
+            finally:
+                os.close(directory)
+            _publish(path)
 
     def _clear(self) -> None:
         self.buffer = {}

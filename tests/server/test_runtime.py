@@ -27,7 +27,7 @@ from conftest import make_settings
 
 from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA_VERSION
-from server.exporter import Exporter, Fenced
+from server.exporter import Exporter, Fenced, _publish, _stage, _staging, _write_data
 from server.learner import Learner
 from server.loops import Loop
 from server.pb import scout_pb2, scout_pb2_grpc
@@ -247,7 +247,8 @@ def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_t
         await owner._prepare()
         await owner.poll()
         assert len(owner.buffer) == len(records)
-        relay.flowing.clear()  # the owner stalls from its next call on
+        await owner.store.exporting("decisions:owner-1", 1500, [])  # the script is loaded: its next run is the one
+        relay.flowing.clear()  # the owner stalls from its next call on, once Redis has run it
         flushing = asyncio.create_task(owner.flush())
         while relay.held == 0:
             await asyncio.sleep(0.01)
@@ -269,34 +270,84 @@ def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_t
     assert sorted(ids) == sorted(r["event_id"] for r in records), "each decision exactly once"
     assert (owner.exported, live.exported) == (0, len(records))
     assert owner.consumer == "owner-1-g1" and not owner.buffer
-    assert "exporter owner-1 was presumed dead" in caplog.text
+    assert "exporter owner-1 was presumed dead (another exporter fenced" in caplog.text
 
 
 def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
 ) -> None:
+    # A review found the first fence (an O_EXCL partial file) useless against an owner already writing: its
+    # rename by name published the claimer's empty fence, then it acknowledged the entries the claimer had taken.
     settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
     export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
     store = Store(aioredis.Redis.from_url(clean_redis))
     owner, claimer = Exporter(store, export, "owner-1"), Exporter(store, export, "live-1")
-    owner.buffer = {"1-0": _decisions(settings, index, 1)[0]}
-    writing = tmp_path / "logs" / "date=2026-01-01" / "part-1_0-owner-1.parquet"
-    writing.parent.mkdir(parents=True)
-    partial = writing.with_name(f".{writing.name}.partial")
-    partial.write_bytes(b"PAR1 half a file")  # the owner is writing it
-    not_started = writing.with_name("part-2_0-owner-1.parquet")  # the owner has not begun this one
-    done = writing.with_name("part-3_0-owner-1.parquet")
-    owner._write({"d": ["1-0"]}, {"d": done})  # ...and published this one
+    record = _decisions(settings, index, 1)[0]
+    owner.buffer = {"1-0": record}
+    table = owner.dataset.to_table([record])
+    day = tmp_path / "logs" / "date=2026-01-01"
+    written, staged, not_started, done, broken = (day / f"part-{k}_0-owner-1.parquet" for k in range(1, 6))
+    directory = _stage(written)  # the owner has written this one and is about to publish it
+    _write_data(directory, table)
+    os.close(directory)
+    directory = _stage(staged)  # ...has created this one's staging directory, holding it open
+    owner._write({"d": ["1-0"]}, {"d": done})  # ...has published this one
+    broken.write_bytes(b"")  # ...and this one reached disk empty (a crash without the data's fsync)
 
-    assert claimer._fence([str(writing), str(not_started), str(done)]) == {(owner.buffer["1-0"]["event_id"],)}
-    for path in (writing, not_started):
-        with pytest.raises(Fenced):
-            owner._write({"d": ["1-0"]}, {"d": path})
-        assert not path.exists()
-    assert partial.stat().st_size == 0  # the fence marker: hidden, empty
-    assert sorted(p.name for p in writing.parent.glob("*.parquet")) == [done.name]
+    paths = [str(p) for p in (written, staged, not_started, done, broken)]
+    assert claimer._fence(paths) == {(record["event_id"],)}  # only the readable file's rows count as written
+    with pytest.raises(Fenced):  # the owner wakes
+        _publish(written)
+    with pytest.raises(FileNotFoundError):  # its directory is gone (owner._write says Fenced)
+        _write_data(directory, table)
+    os.close(directory)
+    with pytest.raises(Fenced):
+        owner._write({"d": ["1-0"]}, {"d": not_started})
+    assert sorted(p.name for p in day.glob("*.parquet")) == [done.name]
+    assert (day / f".{broken.name}.unreadable").exists()
+    assert all(_staging(p).is_file() and _staging(p).stat().st_size == 0 for p in (written, staged, not_started))
     assert pq.read_table(tmp_path / "logs").num_rows == 1  # readers of the directory skip the hidden fences
     asyncio.run(store.client.aclose())
+
+
+def test_an_exporter_that_failed_does_not_revive_its_name_once_claimed(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    # Review: after a failed step, _prepare checked the heartbeat, then set it unconditionally; paused in between
+    # and claimed, the exporter revived its name and wrote the entries its claimer also wrote.
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 4)
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=30.0)
+
+    async def scenario() -> Exporter:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, records)
+        owner, live = Exporter(store, export, "owner-1"), Exporter(store, export, "live-1")
+        await owner._prepare()
+        await owner.poll()
+        owner._ready = False  # a step failed (a Redis blip): the buffer is kept, _prepare runs again
+        await live._prepare()
+        refresh = owner._heartbeat
+
+        async def paused_after(create: bool = False) -> bool:
+            alive = await refresh(create)
+            if not create:  # paused right after refreshing, past its TTL: claimed meanwhile
+                await store.client.delete(store.alive_key("decisions:owner-1"))
+                assert await live.claim_dead() == len(records)
+            return alive
+
+        owner._heartbeat = paused_after  # type: ignore[method-assign]
+        await owner._prepare()
+        owner._heartbeat = refresh  # type: ignore[method-assign]
+        await owner.flush()
+        await live.flush()
+        await store.client.aclose()
+        return owner
+
+    owner = asyncio.run(scenario())
+    ids = [e for f in (tmp_path / "logs").rglob("*.parquet") for e in pq.read_table(f).column("event_id").to_pylist()]
+    assert sorted(ids) == sorted(r["event_id"] for r in records), f"{len(ids)} rows for {len(records)}"
+    assert owner.exported == 0
 
 
 def test_one_exporter_at_a_time_claims_a_dead_one(
