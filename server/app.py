@@ -98,8 +98,10 @@ async def _watch_health(server: ScoutServer, servicer: health.aio.HealthServicer
         problems = [loop.name for loop in server.loops + server.background.loops if not loop.healthy]
         try:
             await asyncio.wait_for(server.store.probe(), timeout=max(interval, 1.0))
+            server.metrics.redis_up.set(1)
         except Exception as exc:
             problems.append(f"redis ({type(exc).__name__})")
+            server.metrics.redis_up.set(0)
         serving = not problems
         if serving != server.serving:
             server.serving = serving
@@ -133,25 +135,25 @@ async def _apply_settings(server: ScoutServer, settings: Settings) -> None:
 
 
 async def _update_gauges(server: ScoutServer) -> float:
-    """Refresh the gauges that are read from Redis and from the serving policies; returns the seconds to wait.
+    """Refresh the gauges that are read from the serving policies and from Redis; returns the seconds to wait.
 
-    The gauges read from Redis are NaN while it does not answer: a backlog's last value would read as current.
+    The gauges read from Redis are NaN while reading them fails: a backlog's last value would read as current.
     """
     metrics, recommender = server.metrics, server.service.recommender
-    read_from_redis = (metrics.pending, metrics.join_lag, metrics.learner_lag, metrics.export_lag)
-    try:
-        values = (*await server.store.lags(), await server.store.export_lag())
-    except Exception:
-        for gauge in read_from_redis:  # unknown while Redis does not answer, rather than the last value seen
-            gauge.set(math.nan)
-        raise
-    for gauge, value in zip(read_from_redis, values, strict=True):
-        gauge.set(value)
     metrics.fallbacks.set(recommender.fallbacks)
     metrics.index.info({"version": recommender.index.version})
     metrics.config.info({"version": recommender.config_version})
     for (experiment, variant), policy in recommender.policies.items():
         metrics.policy_version.labels(experiment, variant, policy.name).set(float(policy.version))
+    read_from_redis = (metrics.pending, metrics.join_lag, metrics.learner_lag, metrics.export_lag)
+    try:
+        values = (*await server.store.lags(), await server.store.export_lag())
+    except Exception:
+        for gauge in read_from_redis:  # unknown, rather than the last value seen
+            gauge.set(math.nan)
+        raise
+    for gauge, value in zip(read_from_redis, values, strict=True):
+        gauge.set(value)
     return server.settings.server.health_interval_s
 
 

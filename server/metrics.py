@@ -72,6 +72,9 @@ class Metrics:
         self.index = Info("scout_index", "The index version being served", registry=r)
         self.config = Info("scout_config", "The experiments configuration version in force", registry=r)
         self.pending = Gauge("scout_pending_decisions", "Decisions waiting for their reward window", registry=r)
+        self.redis_up = Gauge(
+            "scout_redis_up", "Whether Redis took the health check's write under every shard", registry=r
+        )
         self.join_lag = Gauge(
             "scout_join_lag_seconds", "How far the oldest pending decision is past its due time", registry=r
         )

@@ -207,6 +207,10 @@ redis.call('DEL', KEYS[1])
 return 0
 """
 
+_TIME = """
+return redis.call('TIME')
+"""
+
 #: How long a Redis call waits for its reply (s): a stalled Redis surfaces as an error after it.
 SOCKET_TIMEOUT_S = 5.0
 #: Decisions Redis runs later than this after they were sent are not stored: below the socket timeout, so that one
@@ -264,8 +268,8 @@ class Store:
             raise ValueError(f"record_within_s must be positive, got {record_within_s}")
         self.client = client
         self.record_within_ms = int(record_within_s * 1000)
-        #: Redis's clock minus this host's (ms), as the last :meth:`probe` measured it.
-        self.clock_offset_ms = 0
+        #: Per shard, its Redis node's clock minus this host's (ms), as the last :meth:`probe` measured it.
+        self.clock_offsets_ms = [0] * shards
         self.shards = shards
         self.prefix = f"{{{prefix}}}"
         tags = [self.prefix] if shards == 1 else [f"{{{prefix}:{k}}}" for k in range(shards)]
@@ -289,6 +293,7 @@ class Store:
         self._exporting = client.register_script(_EXPORTING)
         self._claim = client.register_script(_CLAIM)
         self._forget = client.register_script(_FORGET)
+        self._time = client.register_script(_TIME)
 
     def shard_of(self, event_id: str) -> int:
         """The shard a decision's keys live in."""
@@ -384,7 +389,8 @@ class Store:
 
         async def shard_call(shard: int, members: list[int]) -> None:
             keys = [self.due_keys[shard], self.decision_keys[shard]]
-            args: list[Any] = [stream_maxlen, ttl_ms, now_ms() + self.clock_offset_ms + self.record_within_ms]
+            deadline = now_ms() + self.clock_offsets_ms[shard] + self.record_within_ms
+            args: list[Any] = [stream_maxlen, ttl_ms, deadline]
             for k in members:
                 keys.append(self.pending_key(entries[k].event_id, shard))
                 args += entries[k].args
@@ -503,25 +509,31 @@ class Store:
         return True
 
     async def probe(self) -> None:
-        """Raise unless Redis takes a write under every shard's tag now; measure its clock's offset from this host's.
+        """Raise unless Redis takes a write under every shard's tag now; measure each shard's clock offset.
 
         A ping passes on a Redis at its memory cap, which refuses every write; on a cluster each shard's node is
-        written to. The offset (Redis's ``TIME`` against the midpoint of the call here, when it answers within
-        0.1 s) sets decisions' deadlines on Redis's clock, and a warning is logged when it passes 1 s.
+        written to. The offsets (``TIME`` run by each shard's node, against the midpoint of the call here, when it
+        answers within 0.1 s) set decisions' deadlines on the clock of the node that checks them; a warning is
+        logged when one passes 1 s. On a cluster the nodes' clocks may differ from each other.
         """
         async with self.client.pipeline(transaction=False) as pipe:
             for key in self.health_keys:
                 pipe.set(key, b"1", px=60_000)
             await pipe.execute()
-        sent = time.time()
-        seconds, micros = await self.client.time()
-        answered = time.time()
-        if answered - sent > 0.1:  # a slow answer would place Redis's clock within half of it: keep the last one
-            return
-        offset = round((seconds + micros / 1e6 - (sent + answered) / 2) * 1000)
-        if abs(offset) > 1000 and abs(self.clock_offset_ms) <= 1000:
-            log.warning("Redis's clock is %+d ms from this host's: decision deadlines follow Redis's", offset)
-        self.clock_offset_ms = offset
+        for shard, key in enumerate(self.health_keys):
+            sent = time.time()
+            seconds, micros = await self._time(keys=[key])  # routed to the node holding this shard
+            answered = time.time()
+            if answered - sent > 0.1:  # a slow answer places the clock only within half of it: keep the last one
+                continue
+            offset = round((int(seconds) + int(micros) / 1e6 - (sent + answered) / 2) * 1000)
+            if abs(offset) > 1000 and abs(self.clock_offsets_ms[shard]) <= 1000:
+                log.warning(
+                    "the clock of the Redis holding shard %d is %+d ms from this host's: its deadlines follow it",
+                    shard,
+                    offset,
+                )
+            self.clock_offsets_ms[shard] = offset
 
     async def lags(self) -> tuple[int, float, float]:
         """Pending decisions, join lag and learner lag (seconds), for metrics.

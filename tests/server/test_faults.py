@@ -308,7 +308,8 @@ def test_redis_kill9_and_restart_mid_traffic(index_dir: Path, tmp_path: Path, ex
     serve = start_serve(config, tmp_path, "serve", free_port(), "--metrics-port", str(metrics_port))
     client = redis.Redis.from_url(url)
     traffic = Traffic([serve.target], seed=11)
-    from_redis = ("scout_pending_decisions", "scout_join_lag_seconds", "scout_export_lag_seconds")
+    from_redis = ("scout_pending_decisions", "scout_join_lag_seconds", "scout_learner_lag_seconds")
+    from_redis += ("scout_export_lag_seconds",)
     try:
         time.sleep(2.0)
         before = versions(client)
@@ -320,12 +321,14 @@ def test_redis_kill9_and_restart_mid_traffic(index_dir: Path, tmp_path: Path, ex
         # a backlog's last value would read as current: the gauges read from Redis are unknown during the outage
         wait_for(lambda: all(math.isnan(scrape(metrics_port)[g]) for g in from_redis), 10, "NaN gauges")
         wait_for(lambda: scrape(metrics_port)['scout_loop_up{loop="joiner"}'] == 0, 10, "the joiner down")
+        assert scrape(metrics_port)["scout_redis_up"] == 0
         time.sleep(1.0)
         external_redis[0] = RedisProcess(tmp_path / "ext-redis")
         client = redis.Redis.from_url(url)
         wait_for(lambda: serve.health() == health_pb2.HealthCheckResponse.SERVING, 20, "SERVING after restart")
         wait_for(lambda: all(math.isfinite(scrape(metrics_port)[g]) for g in from_redis), 10, "gauges back")
         wait_for(lambda: scrape(metrics_port)['scout_loop_up{loop="joiner"}'] == 1, 20, "the joiner back")
+        assert scrape(metrics_port)["scout_redis_up"] == 1
         time.sleep(2.0)
         ledger = finish(traffic, client)
         assert ledger.failed["UNAVAILABLE"] > 0, "the outage never reached a client"

@@ -188,12 +188,12 @@ def test_a_batch_redis_runs_after_its_deadline_is_refused_by_redis_on_its_own_cl
         other = aioredis.Redis.from_url(clean_redis)
         due = int(time.time() * 1000) + 60_000
         await store.probe()  # measures the offset: this host and Redis share a clock here
-        offset = store.clock_offset_ms
+        (offset,) = store.clock_offsets_ms
         spin = asyncio.create_task(other.eval(_SPIN, 0, 1000))  # Redis stalls for 1 s, less than the timeout
         await asyncio.sleep(0.05)
         stale = await store.record_decisions([store.decision_entry(records[0], due)], 0)
         await spin
-        store.clock_offset_ms = -10_000  # as if Redis's clock were 10 s behind this host's: the deadline follows
+        store.clock_offsets_ms[0] = -10_000  # as if Redis's clock were 10 s behind this host's: the deadline follows
         behind = await store.record_decisions([store.decision_entry(records[1], due)], 0)
         stored = int(await other.zcard(store.due_keys[0]))
         await store.client.aclose()
@@ -204,6 +204,31 @@ def test_a_batch_redis_runs_after_its_deadline_is_refused_by_redis_on_its_own_cl
     assert abs(offset) < 500, offset
     assert isinstance(stale[0], DecisionsStale) and isinstance(behind[0], DecisionsStale), (stale, behind)
     assert stored == 0
+
+
+def test_each_shard_s_deadline_follows_the_clock_of_the_node_holding_it(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    """On a cluster each shard's node checks its own deadlines: one offset measured on one node misplaced the
+    deadlines of the others by their clocks' difference (refusing all their decisions when one ran ahead)."""
+    records = _decisions(make_settings(index_dir, clean_redis, tmp_path / "logs"), index, 24)
+
+    async def scenario() -> tuple[list[int], list[Exception | None], Store]:
+        store = Store(aioredis.Redis.from_url(clean_redis), shards=3)
+        await store.probe()
+        measured = list(store.clock_offsets_ms)
+        store.clock_offsets_ms[1] = -10_000  # as if shard 1's node ran 10 s behind this host
+        due = int(time.time() * 1000) + 60_000
+        errors = await store.record_decisions([store.decision_entry(r, due) for r in records], 0)
+        await store.client.aclose()
+        return measured, errors, store
+
+    measured, errors, store = asyncio.run(scenario())
+    assert len(measured) == 3 and all(abs(m) < 500 for m in measured), measured
+    shards = [store.shard_of(r["event_id"]) for r in records]
+    assert set(shards) == {0, 1, 2}
+    for shard, error in zip(shards, errors, strict=True):
+        assert isinstance(error, DecisionsStale) if shard == 1 else error is None, (shard, error)
 
 
 def test_unrecord_decisions_withdraws_stored_ones_across_shards_in_one_call_each(
