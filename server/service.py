@@ -38,15 +38,30 @@ _reported: dict[str, tuple[float, int]] = {}
 
 
 def _log_outage(level: int, kind: str, message: str, *args: object) -> None:
-    """Log a failure that repeats for every request during an outage once per interval, with the count left out."""
+    """Log a failure that repeats for every request during an outage once per interval, with the count left out.
+
+    The first line left out in an interval schedules one more at its end, with the count, so the last interval of
+    an outage is reported too. Call it on the event loop.
+    """
     now = time.monotonic()
     last, left_out = _reported.get(kind, (-math.inf, 0))
     if now - last < OUTAGE_LOG_INTERVAL_S:
+        if not left_out:
+            end = last + OUTAGE_LOG_INTERVAL_S - now
+            asyncio.get_running_loop().call_later(end, _log_left_out, level, kind, message, args)
         _reported[kind] = (last, left_out + 1)
         return
     _reported[kind] = (now, 0)
-    suffix = f" ({left_out} more like it in the last {now - last:.0f} s)" if left_out else ""
-    log.log(level, message + suffix, *args)
+    log.log(level, message, *args)
+
+
+def _log_left_out(level: int, kind: str, message: str, args: tuple[object, ...]) -> None:
+    """At the end of an interval: log how many lines of ``kind`` were left out in it (like the first of them)."""
+    last, left_out = _reported.get(kind, (-math.inf, 0))
+    if left_out:
+        now = time.monotonic()
+        _reported[kind] = (now, 0)
+        log.log(level, message + f" ({left_out} more like it in the last {now - last:.0f} s)", *args)
 
 
 class ClientGone(ScoutError):
