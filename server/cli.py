@@ -408,6 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what the command holds is released on the way out, without a traceback
         log.error("interrupted")
         return 130
+    except Exception as exc:
+        if not _unreachable_redis(exc):
+            raise
+        log.error("cannot reach Redis: %s (is it running, and are redis_url / SCOUT_REDIS_URL right?)", exc)
+        return 1
+
+
+def _unreachable_redis(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached (redis-py is imported only by the commands that use it)."""
+    redis = sys.modules.get("redis")
+    return redis is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:

@@ -351,32 +351,38 @@ class Exporter:
             if not await self.store.lock_claim(ds.stream, name, self.consumer, ttl):
                 continue  # another exporter is claiming it
             written = await asyncio.to_thread(self._fence, await self._inflight_paths(name))
-            claimed = 0
+            claimed = acknowledged = 0
             while True:
                 pending: Any = await client.xpending_range(ds.stream, ds.group, "-", "+", 1000, consumername=name)
                 if not pending:
                     break
                 ids = [p["message_id"] for p in pending]
-                entries = await self.store.claim(ds.stream, ds.group, name, self.consumer, ttl, ids)
+                fields = await self.store.entries(ds.stream, ids)
+                # in a file the dead one published, or trimmed away: nothing left to export
+                done = [i for i, f in zip(ids, fields, strict=True) if not f or self._key(f) in written]
+                rest = [i for i, f in zip(ids, fields, strict=True) if f and self._key(f) not in written]
+                entries = await self.store.claim(ds.stream, ds.group, name, self.consumer, ttl, done, rest)
                 if entries is None:
                     log.warning("%s: lost the claim on dead exporter %s to another exporter", ds.name, name)
                     break
-                done = []
-                for entry_id, fields in entries:
-                    if fields and self._key(fields) in written:
-                        done.append(entry_id)
-                    else:
-                        self._add(entry_id, fields)
-                gone = set(ids) - {e for e, f in entries if f}
-                done += list(gone)  # trimmed away: nothing left to export
-                if done:
-                    await client.xack(ds.stream, ds.group, *done)
+                for entry_id, entry_fields in entries:
+                    self._add(entry_id, entry_fields)
+                gone = set(rest) - {e for e, f in entries if f}  # trimmed away since: nothing left to export
+                if gone:
+                    await client.xack(ds.stream, ds.group, *gone)
                 claimed += len(entries)
+                acknowledged += len(done)
             if await self.store.forget(ds.stream, ds.group, name, self.consumer):
                 await client.hdel(self.store.inflight, self._member(name))
-            if claimed:
-                log.warning("%s: claimed %d entries of dead exporter %s", ds.name, claimed, name)
-            total += claimed
+            if claimed or acknowledged:
+                log.warning(
+                    "%s: claimed %d entries of dead exporter %s (and acknowledged %d already in its files)",
+                    ds.name,
+                    claimed,
+                    name,
+                    acknowledged,
+                )
+            total += claimed + acknowledged
         self.claimed += total
         return total
 

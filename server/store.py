@@ -187,12 +187,28 @@ end
 return 0
 """
 
+_ENTRIES = """
+local out = {}
+for i, id in ipairs(ARGV) do
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  out[i] = found[1] or false
+end
+return out
+"""
+
 _CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return false
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[1], 0, unpack(ARGV, 4))
+local acked = tonumber(ARGV[4])
+if acked > 0 then
+  redis.call('XACK', KEYS[2], ARGV[3], unpack(ARGV, 5, 4 + acked))
+end
+if #ARGV > 4 + acked then
+  return redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[1], 0, unpack(ARGV, 5 + acked))
+end
+return {}
 """
 
 _FORGET = """
@@ -291,6 +307,7 @@ class Store:
         self._publish = client.register_script(_PUBLISH)
         self._lease = client.register_script(_LEASE)
         self._exporting = client.register_script(_EXPORTING)
+        self._entries = client.register_script(_ENTRIES)
         self._claim = client.register_script(_CLAIM)
         self._forget = client.register_script(_FORGET)
         self._time = client.register_script(_TIME)
@@ -328,23 +345,26 @@ class Store:
         """Become the one exporter claiming ``dead``'s entries of ``stream`` for ``ttl_ms`` (renewed by each claim)."""
         return bool(await self.client.set(self.claim_key(stream, dead), claimer, nx=True, px=ttl_ms))
 
-    async def claim(
-        self, stream: str, group: str, dead: str, claimer: str, ttl_ms: int, ids: Sequence[Any]
-    ) -> list[tuple[bytes, dict[bytes, bytes] | None]] | None:
-        """Move ``ids`` from ``dead`` to ``claimer``, only while ``claimer`` holds the claim lock (None if not).
+    async def entries(self, stream: str, ids: Sequence[Any]) -> list[dict[bytes, bytes] | None]:
+        """The fields of ``stream``'s entries ``ids`` (None for one trimmed away), in one call, claiming nothing."""
+        reply: Any = await self._entries(keys=[stream], args=list(ids))
+        return [_fields(entry[1]) if entry else None for entry in reply]
 
-        Entries trimmed from the stream meanwhile come back without fields, or not at all.
+    async def claim(
+        self, stream: str, group: str, dead: str, claimer: str, ttl_ms: int, ack: Sequence[Any], take: Sequence[Any]
+    ) -> list[tuple[bytes, dict[bytes, bytes] | None]] | None:
+        """Acknowledge ``ack`` and move ``take`` from ``dead`` to ``claimer`` in one step, while holding the lock.
+
+        None when ``claimer`` does not hold the claim lock (nothing done). Acknowledging and taking together means
+        a claimer that pauses after this step leaves nothing it meant to acknowledge among its own pending entries,
+        where a claimer of it would export them again. Entries trimmed from the stream meanwhile come back without
+        fields, or not at all.
         """
         keys = [self.claim_key(stream, dead), stream]
-        reply: Any = await self._claim(keys=keys, args=[claimer, ttl_ms, group, *ids])
+        reply: Any = await self._claim(keys=keys, args=[claimer, ttl_ms, group, len(ack), *ack, *take])
         if reply is None:
             return None
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = []
-        for entry in reply:
-            if entry:
-                flat = entry[1] or []
-                entries.append((entry[0], dict(zip(flat[::2], flat[1::2], strict=True)) or None))
-        return entries
+        return [(entry[0], _fields(entry[1])) for entry in reply if entry]
 
     async def forget(self, stream: str, group: str, dead: str, claimer: str) -> bool:
         """Delete ``dead`` from ``group`` and release the claim lock, if ``claimer`` holds it and none are pending."""
@@ -656,6 +676,11 @@ def redis_client(url: str, cluster: bool = False) -> Any:
     return aioredis.Redis.from_url(
         url, socket_connect_timeout=2.0, socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=10
     )
+
+
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """A stream entry's fields from a script's flat reply (None when it has none: trimmed away)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -195,3 +195,14 @@ def test_json_output_has_no_bare_nan() -> None:
         "b": [None, "x"],
         "c": {"d": None},
     }
+
+
+def test_a_command_that_cannot_reach_redis_says_so_in_one_line(
+    index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Fault injection: a scout worker started while Redis was down exited with a redis-py traceback
+    monkeypatch.setenv("SCOUT_REDIS_URL", f"unix://{tmp_path / 'no-redis.sock'}")
+    assert main(["worker", "--index", str(index_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Redis: " in err and "no-redis.sock" in err and "Traceback" not in err
+

@@ -376,13 +376,56 @@ def test_one_exporter_at_a_time_claims_a_dead_one(
         skipped = await second.claim_dead()  # ...so b leaves it alone
         await store.client.delete(store.claim_key(stream, "dead-1"))  # a stalls until its lock expires
         taken = await second.claim_dead()
-        stale = await store.claim(stream, group, "dead-1", "a", 30_000, [b"0-1"])  # a wakes: refused
+        stale = await store.claim(stream, group, "dead-1", "a", 30_000, [], [b"0-1"])  # a wakes: refused
         forgotten = await store.forget(stream, group, "b", "b")  # b holds no lock on itself, and has entries
         await store.client.aclose()
         return skipped, taken, stale, forgotten
 
     skipped, taken, stale, forgotten = asyncio.run(scenario())
     assert (skipped, taken, stale, forgotten) == (0, len(records), None, False)
+
+
+def test_a_claimer_paused_right_after_its_claim_and_claimed_in_turn_exports_nothing_twice(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    # Fault injection: a claimer stopped between taking a dead exporter's entries and acknowledging those already
+    # in the dead one's file was claimed in turn, and its claimer exported those entries again (25 of 25).
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    records = _decisions(settings, index, 10)
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=30.0)
+
+    async def scenario() -> tuple[Exporter, Exporter, Exporter]:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        await _joined(store, records)
+        dead = Exporter(store, export, "dead-1")
+        await dead._prepare()
+        await dead.poll()
+        first = sorted(dead.buffer)[:6]  # it published a file of six, and died before acknowledging them
+        written = tmp_path / "logs" / "date=2026-01-01" / "part-dead.parquet"
+        await store.client.hset(store.inflight, "decisions:dead-1", str(written))
+        dead._write({"x": first}, {"x": written})
+        await store.client.delete(store.alive_key("decisions:dead-1"))
+        b, c = Exporter(store, export, "b"), Exporter(store, export, "c")
+        await b._prepare()
+        await c._prepare()
+        claim = b.store.claim
+
+        async def paused_after_claiming(*args: Any, **kwargs: Any) -> Any:
+            taken = await claim(*args, **kwargs)
+            await store.client.delete(store.alive_key("decisions:b"))  # b stops here, past its TTL
+            await c.claim_dead()  # ...and is claimed in turn
+            await c.flush()
+            return taken
+
+        b.store.claim = paused_after_claiming  # type: ignore[method-assign]
+        await b.claim_dead()  # b wakes and finishes its claim
+        await b.flush()  # its heartbeat lapsed: it drops what it took
+        await store.client.aclose()
+        return b, c, dead
+
+    b, c, _ = asyncio.run(scenario())
+    assert sorted(_exported_ids(tmp_path / "logs")) == sorted(r["event_id"] for r in records), "exactly once"
+    assert (b.exported, c.exported) == (0, 4)
 
 
 def test_an_exporter_whose_heartbeat_lapsed_goes_on_under_a_new_name_and_loses_nothing(
