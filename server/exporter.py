@@ -34,9 +34,10 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,25 @@ def _staging(path: Path) -> Path:
 
 
 def _stage(path: Path) -> int:
-    """Create ``path``'s staging directory and open it; Fenced if a claimer's fence (a plain file) is there."""
+    """Create ``path``'s staging directory and open it; Fenced if a claimer's fence (a plain file) is there.
+
+    A directory already there is this exporter's own, left by a failure (consumer names are unique to a process):
+    it is removed and made again.
+    """
     staging = _staging(path)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(staging)
-        return os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except (FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
-        raise Fenced(path) from exc
+    for _ in range(3):
+        try:
+            os.mkdir(staging)
+            return os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.lstat(staging).st_mode):
+                    raise Fenced(path) from None
+                shutil.rmtree(staging, ignore_errors=True)
+        except (FileNotFoundError, NotADirectoryError) as exc:  # replaced by a fence between mkdir and open
+            raise Fenced(path) from exc
+    raise Fenced(path)  # a claimer keeps moving it away
 
 
 def _write_data(directory: int, table: pa.Table) -> None:
@@ -88,13 +100,19 @@ def _publish(path: Path) -> None:
         os.rename(staging / "data", path)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise Fenced(path) from exc
-    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(parent)
-    finally:
-        os.close(parent)
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError, OSError):
+    _sync_directory(path.parent)
+    _sync_directory(path.parent.parent)  # the date= directory may be new
+    with contextlib.suppress(OSError):
         os.rmdir(staging)  # a claimer may have fenced it since: its fence stays
+
+
+def _sync_directory(directory: Path) -> None:
+    """Sync a directory to disk, so that the names created or renamed in it survive a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Fenced(Exception):
@@ -394,7 +412,8 @@ class Exporter:
         """Stop a dead consumer from publishing ``paths``, then return the row keys of those that reached disk.
 
         For each path, put a plain file where the owner stages it (``.<name>.d``, created with ``O_EXCL``),
-        first moving aside and removing the owner's staging directory if it is there. The owner publishes by
+        first moving aside and removing the owner's staging directory if it is there; a plain file already there
+        is an earlier claimer's fence, and stays. The owner publishes by
         renaming ``.<name>.d/data`` by path, which fails once its directory is gone, so after this it can publish
         none of them: what is on disk now is all it ever wrote. A published file that cannot be read is moved
         aside (hidden, ``.<name>.unreadable``) and its entries are exported again.
@@ -409,20 +428,20 @@ class Exporter:
                     os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                     break
                 except FileExistsError:
-                    aside = staging.with_name(f"{staging.name}.fenced-{self.consumer}-{secrets.token_hex(3)}")
                     try:
+                        if not stat.S_ISDIR(os.lstat(staging).st_mode):
+                            break  # fenced by an earlier claim: a fence is never removed
+                        aside = staging.with_name(f"{staging.name}.fenced-{self.consumer}-{secrets.token_hex(3)}")
                         os.rename(staging, aside)
                     except FileNotFoundError:
                         continue  # published or removed meanwhile: fence on the next try
-                    if aside.is_dir():
-                        shutil.rmtree(aside, ignore_errors=True)  # the owner may still be writing into it
-                    else:
-                        aside.unlink(missing_ok=True)
+                    shutil.rmtree(aside, ignore_errors=True)  # the owner may still be writing into it
+            _sync_directory(path.parent)  # an owner's rename seen here is on disk before its entries are acked
             if not path.exists():
                 continue
             try:
                 rows = pq.read_table(path, columns=list(self.dataset.key_columns)).to_pylist()
-            except (OSError, pa.ArrowException) as exc:
+            except pa.ArrowInvalid as exc:  # not a Parquet file (an I/O error is raised: the claim is retried)
                 unreadable = path.with_name(f".{path.name}.unreadable")
                 os.replace(path, unreadable)
                 log.error("%s does not read (%s); moved to %s, its entries are exported again", path, exc, unreadable)
@@ -453,7 +472,7 @@ class Exporter:
             await self._presumed_dead("its heartbeat expired")
             return []
         try:
-            await asyncio.to_thread(self._write, groups, paths)
+            await self._beating(asyncio.to_thread(self._write, groups, paths))
         except Fenced as exc:
             await self._presumed_dead(f"another exporter fenced {exc}")
             return []
@@ -466,6 +485,20 @@ class Exporter:
         log.debug("exported %d %s to %s", len(ids), self.dataset.name, ", ".join(map(str, paths.values())))
         self._clear()
         return list(paths.values())
+
+    async def _beating(self, work: Awaitable[None]) -> None:
+        """Await ``work`` (files being written) while refreshing the heartbeat every third of its TTL.
+
+        So a long write is not taken for a dead exporter; a refresh that fails changes nothing (a claimer's fence
+        decides).
+        """
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.settings.consumer_ttl_s / 3)
+            if not task.done():
+                with contextlib.suppress(redis.RedisError):
+                    await self._heartbeat()
+        await task
 
     def _write(self, groups: dict[str, list[str]], paths: dict[str, Path]) -> None:
         """Write each file in its staging directory, then publish it; Fenced if a claimer took it meanwhile."""

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from server.loops import Loop
 from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import PolicyBook, Recommender, RecommendInput
 from server.redis_server import DataDirLocked, RedisProcess
-from server.settings import Settings
+from server.settings import ExportSettings, Settings
 from server.store import LEASE_LOST, POSITION_MOVED, Store
 
 pytestmark = pytest.mark.redis
@@ -259,7 +260,7 @@ def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_t
         while relay.held == 0:
             await asyncio.sleep(0.01)
         await asyncio.sleep(2.0)  # its heartbeat expires
-        live = Exporter(store, export, "live-1")
+        live = Exporter(store, replace(export, consumer_ttl_s=30.0), "live-1")  # a busy box may pause it too
         await live._prepare()
         assert await live.claim_dead() == len(records)
         await live.flush()
@@ -314,6 +315,47 @@ def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
     assert all(_staging(p).is_file() and _staging(p).stat().st_size == 0 for p in (written, staged, not_started))
     assert pq.read_table(tmp_path / "logs").num_rows == 1  # readers of the directory skip the hidden fences
     asyncio.run(store.client.aclose())
+
+
+def test_a_fence_is_never_removed_and_an_exporter_s_own_leftover_is_not_a_fence(
+    index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
+) -> None:
+    # Review: a second claimer of the same path moved the first one's fence aside before placing its own, and an
+    # owner waking in between published entries the first claimer had taken (8 rows for 4 decisions).
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
+    store = Store(aioredis.Redis.from_url(clean_redis))
+    owner, first, second = (Exporter(store, export, name) for name in ("owner-1", "a", "b"))
+    path = tmp_path / "logs" / "date=2026-01-01" / "part-1_0-owner-1.parquet"
+    first._fence([str(path)])
+    os.link(_staging(path), tmp_path / "first-fence")  # holds its inode, so a new file cannot reuse the number
+    second._fence([str(path)])
+    assert os.path.samefile(_staging(path), tmp_path / "first-fence"), "the first claimer's fence was replaced"
+    # Review: a staging directory left by the exporter's own failure (an I/O error after its mkdir) read as a fence
+    record = _decisions(settings, index, 1)[0]
+    owner.buffer = {"1-0": record}
+    mine = path.with_name("part-2_0-owner-1.parquet")
+    _staging(mine).mkdir()
+    (_staging(mine) / "data").write_bytes(b"half a file")
+    owner._write({"d": ["1-0"]}, {"d": mine})
+    assert pq.read_table(mine).column("event_id").to_pylist() == [record["event_id"]]
+    assert not _staging(mine).exists()
+    asyncio.run(store.client.aclose())
+
+
+def test_an_exporter_keeps_its_heartbeat_while_a_long_write_runs(clean_redis: str, tmp_path: Path) -> None:
+    # Review: a write longer than export.consumer_ttl_s let another exporter claim and fence a live one
+    async def scenario() -> bool:
+        store = Store(aioredis.Redis.from_url(clean_redis))
+        export = ExportSettings(tmp_path / "logs", 100, 60.0, consumer_ttl_s=0.3)
+        exporter = Exporter(store, export, "x")
+        await exporter._heartbeat(create=True)
+        await exporter._beating(asyncio.sleep(1.0))  # three TTLs
+        alive = bool(await store.client.exists(store.alive_key("decisions:x")))
+        await store.client.aclose()
+        return alive
+
+    assert asyncio.run(scenario())
 
 
 def test_an_exporter_that_failed_does_not_revive_its_name_once_claimed(
