@@ -413,10 +413,10 @@ class Exporter:
 
         For each path, put a plain file where the owner stages it (``.<name>.d``, created with ``O_EXCL``),
         first moving aside and removing the owner's staging directory if it is there; a plain file already there
-        is an earlier claimer's fence, and stays. The owner publishes by
-        renaming ``.<name>.d/data`` by path, which fails once its directory is gone, so after this it can publish
-        none of them: what is on disk now is all it ever wrote. A published file that cannot be read is moved
-        aside (hidden, ``.<name>.unreadable``) and its entries are exported again.
+        is an earlier claimer's fence, and stays. The owner publishes by renaming ``.<name>.d/data`` by path,
+        which fails once its directory is replaced, so after this it can publish none of them: what is on disk now
+        is all it ever wrote. A published file that is not Parquet is moved aside (hidden,
+        ``.<name>.unreadable``) and its entries are exported again.
         """
         written: set[tuple[Any, ...]] = set()
         for text in paths:

@@ -53,7 +53,7 @@ class Background:
         yield up
         counts = {
             "exported": ("Entries written to Parquet files", lambda e: e.exported),
-            "export_claimed": ("Entries taken over from exporters presumed dead", lambda e: e.claimed),
+            "export_claimed": ("Entries of exporters presumed dead, taken over or found written", lambda e: e.claimed),
             "export_dropped": ("Stream entries that did not parse, acknowledged without a row", lambda e: e.dropped),
         }
         for name, (text, value) in counts.items():
