@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import secrets
@@ -107,10 +108,16 @@ def _publish(path: Path) -> None:
 
 
 def _sync_directory(directory: Path) -> None:
-    """Sync a directory to disk, so that the names created or renamed in it survive a crash."""
+    """Sync a directory to disk, so that the names created or renamed in it survive a crash.
+
+    A filesystem that cannot sync a directory (some network and FUSE ones answer EINVAL) is left as it is.
+    """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 
