@@ -52,6 +52,8 @@ from server.settings import ExportSettings
 from server.store import EXPORTER_GROUP, Store, joined_record, stream_id
 
 log = logging.getLogger(__name__)
+#: Longest a file write keeps its exporter's heartbeat alive (s): past it the write is taken as hung.
+MAX_WRITE_S = 300.0
 
 
 def _staging(path: Path) -> Path:
@@ -435,11 +437,11 @@ class Exporter:
                     os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                     break
                 except FileExistsError:
-                    try:
-                        if not stat.S_ISDIR(os.lstat(staging).st_mode):
-                            break  # fenced by an earlier claim: a fence is never removed
-                        aside = staging.with_name(f"{staging.name}.fenced-{self.consumer}-{secrets.token_hex(3)}")
-                        os.rename(staging, aside)
+                    aside = staging.with_name(f"{staging.name}.fenced-{self.consumer}-{secrets.token_hex(3)}")
+                    try:  # the trailing slash renames a directory only, in the one step that checks it
+                        os.rename(f"{staging}/", aside)
+                    except NotADirectoryError:
+                        break  # fenced by an earlier claim: a fence is never removed
                     except FileNotFoundError:
                         continue  # published or removed meanwhile: fence on the next try
                     shutil.rmtree(aside, ignore_errors=True)  # the owner may still be writing into it
@@ -448,7 +450,9 @@ class Exporter:
                 continue
             try:
                 rows = pq.read_table(path, columns=list(self.dataset.key_columns)).to_pylist()
-            except pa.ArrowInvalid as exc:  # not a Parquet file (an I/O error is raised: the claim is retried)
+            except (pa.ArrowInvalid, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # an I/O error: the claim is retried (pyarrow's damaged-file errors carry no errno)
                 unreadable = path.with_name(f".{path.name}.unreadable")
                 os.replace(path, unreadable)
                 log.error("%s does not read (%s); moved to %s, its entries are exported again", path, exc, unreadable)
@@ -496,13 +500,15 @@ class Exporter:
     async def _beating(self, work: Awaitable[None]) -> None:
         """Await ``work`` (files being written) while refreshing the heartbeat every third of its TTL.
 
-        So a long write is not taken for a dead exporter; a refresh that fails changes nothing (a claimer's fence
-        decides).
+        So a long write is not taken for a dead exporter, for up to :data:`MAX_WRITE_S`: a write that takes
+        longer (a hung filesystem) lets the heartbeat lapse, so its entries are claimed, and the claimer's fence
+        keeps a late finish from publishing. A refresh that fails changes nothing.
         """
         task = asyncio.ensure_future(work)
+        started = time.monotonic()
         while not task.done():
             await asyncio.wait({task}, timeout=self.settings.consumer_ttl_s / 3)
-            if not task.done():
+            if not task.done() and time.monotonic() - started < MAX_WRITE_S:
                 with contextlib.suppress(redis.RedisError):
                     await self._heartbeat()
         await task

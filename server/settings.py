@@ -282,6 +282,12 @@ class ExportSettings:
     late_log_dir: Path | None = None
     consumer_ttl_s: PositiveFloat = 30.0
 
+    def __post_init__(self) -> None:
+        if os.path.abspath(self.late_dir) == os.path.abspath(self.log_dir):
+            # the two exporters of a process would write files of the same names into one directory
+            key = "late_log_dir" if self.late_log_dir is not None else "log_dir"
+            raise FieldError((key,), f"late rewards need a directory of their own, not log_dir ({self.log_dir})")
+
     @property
     def late_dir(self) -> Path:
         """Where late rewards are exported: ``late_log_dir``, else ``late`` next to ``log_dir``."""

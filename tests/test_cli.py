@@ -205,4 +205,3 @@ def test_a_command_that_cannot_reach_redis_says_so_in_one_line(
     assert main(["worker", "--index", str(index_dir)]) == 1
     err = capsys.readouterr().err
     assert "cannot reach Redis: " in err and "no-redis.sock" in err and "Traceback" not in err
-

@@ -27,6 +27,7 @@ import redis
 import redis.asyncio as aioredis
 from conftest import make_settings
 
+import server.exporter as exporter_module
 from embeddings.index import IndexArtifact
 from offline_eval.logs import SCHEMA_VERSION
 from server.exporter import Exporter, Fenced, _publish, _stage, _staging, _write_data
@@ -300,8 +301,14 @@ def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
     directory = _stage(staged)  # ...has created this one's staging directory, holding it open
     owner._write({"d": ["1-0"]}, {"d": done})  # ...has published this one
     broken.write_bytes(b"")  # ...and this one reached disk empty (a crash without the data's fsync)
+    damaged = day / "part-6_0-owner-1.parquet"  # ...and this one's footer was damaged (pyarrow: OSError, no errno)
+    owner._write({"d": ["1-0"]}, {"d": damaged})
+    data = bytearray(damaged.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[len(data) - 8 - footer : len(data) - 8] = b"\xff" * footer
+    damaged.write_bytes(bytes(data))
 
-    paths = [str(p) for p in (written, staged, not_started, done, broken)]
+    paths = [str(p) for p in (written, staged, not_started, done, broken, damaged)]
     assert claimer._fence(paths) == {(record["event_id"],)}  # only the readable file's rows count as written
     with pytest.raises(Fenced):  # the owner wakes
         _publish(written)
@@ -311,7 +318,7 @@ def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
     with pytest.raises(Fenced):
         owner._write({"d": ["1-0"]}, {"d": not_started})
     assert sorted(p.name for p in day.glob("*.parquet")) == [done.name]
-    assert (day / f".{broken.name}.unreadable").exists()
+    assert (day / f".{broken.name}.unreadable").exists() and (day / f".{damaged.name}.unreadable").exists()
     assert all(_staging(p).is_file() and _staging(p).stat().st_size == 0 for p in (written, staged, not_started))
     assert pq.read_table(tmp_path / "logs").num_rows == 1  # readers of the directory skip the hidden fences
     asyncio.run(store.client.aclose())
@@ -331,6 +338,8 @@ def test_a_fence_is_never_removed_and_an_exporter_s_own_leftover_is_not_a_fence(
     os.link(_staging(path), tmp_path / "first-fence")  # holds its inode, so a new file cannot reuse the number
     second._fence([str(path)])
     assert os.path.samefile(_staging(path), tmp_path / "first-fence"), "the first claimer's fence was replaced"
+    with pytest.raises(NotADirectoryError):  # what _fence relies on: it moves aside a directory only, atomically
+        os.rename(f"{_staging(path)}/", tmp_path / "aside")
     # Review: a staging directory left by the exporter's own failure (an I/O error after its mkdir) read as a fence
     record = _decisions(settings, index, 1)[0]
     owner.buffer = {"1-0": record}
@@ -343,19 +352,26 @@ def test_a_fence_is_never_removed_and_an_exporter_s_own_leftover_is_not_a_fence(
     asyncio.run(store.client.aclose())
 
 
-def test_an_exporter_keeps_its_heartbeat_while_a_long_write_runs(clean_redis: str, tmp_path: Path) -> None:
-    # Review: a write longer than export.consumer_ttl_s let another exporter claim and fence a live one
-    async def scenario() -> bool:
+def test_an_exporter_keeps_its_heartbeat_while_a_long_write_runs_but_not_a_hung_one(
+    clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: a write longer than export.consumer_ttl_s let another exporter claim and fence a live one; the next
+    # review: refreshing without end kept a write hung on its filesystem from ever being claimed
+    monkeypatch.setattr(exporter_module, "MAX_WRITE_S", 3.5)
+
+    async def scenario() -> list[bool]:
         store = Store(aioredis.Redis.from_url(clean_redis))
-        export = ExportSettings(tmp_path / "logs", 100, 60.0, consumer_ttl_s=0.3)
+        export = ExportSettings(tmp_path / "logs", 100, 60.0, consumer_ttl_s=0.9)
         exporter = Exporter(store, export, "x")
-        await exporter._heartbeat(create=True)
-        await exporter._beating(asyncio.sleep(1.0))  # three TTLs
-        alive = bool(await store.client.exists(store.alive_key("decisions:x")))
+        alive = []
+        for write_s in (2.7, 6.0):  # three TTLs: kept; past MAX_WRITE_S: let go
+            await exporter._heartbeat(create=True)
+            await exporter._beating(asyncio.sleep(write_s))
+            alive.append(bool(await store.client.exists(store.alive_key("decisions:x"))))
         await store.client.aclose()
         return alive
 
-    assert asyncio.run(scenario())
+    assert asyncio.run(scenario()) == [True, False]
 
 
 def test_an_exporter_that_failed_does_not_revive_its_name_once_claimed(

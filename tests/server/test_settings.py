@@ -183,3 +183,11 @@ def test_serve_reports_a_bad_config_and_exits_2(tmp_path: Path, caplog: pytest.L
     path = write(tmp_path, "[join]\nreward_windw_s = 3\n")
     assert main(["serve", "--config", str(path)]) == 2
     assert f"{path}: join.reward_windw_s: unknown key" in caplog.text
+
+
+def test_late_rewards_may_not_share_the_decisions_log_directory(tmp_path: Path) -> None:
+    # Review: the decisions and late exporters of one process would write files of the same names into it
+    message = error(write(tmp_path, f'[export]\nlog_dir = "{tmp_path}/x/late"\n'))
+    assert "export.log_dir" in message and "late rewards need a directory of their own" in message
+    message = error(write(tmp_path, f'[export]\nlog_dir = "{tmp_path}/logs"\nlate_log_dir = "{tmp_path}/logs/"\n'))
+    assert "export.late_log_dir" in message
