@@ -114,7 +114,7 @@ def check_recommend(
         known = sorted({s for e in settings.experiments for s in e.surfaces})
         raise NotFound(f"surface {echo(surface)} has no experiment; configured surfaces: {listing(known)}")
     experiment = placement.experiment
-    fewest = min(e.candidates for e in settings.experiments if surface in e.surfaces)  # the same for every unit
+    fewest = min(e.candidates for e in settings.experiments_for(surface))  # the same for every unit
     if num_items > fewest:
         raise InvalidArgument(
             f"num_items must be at most {fewest}, the candidates the experiments of surface {echo(surface)} rank, "

@@ -65,6 +65,7 @@ BIG = str(10**12)
         ["train-tower", "--workers", BIG],
         ["train-tower", "--synthetic-seed", "-1"],
         ["serve", "--workers", BIG],
+        ["worker", "--metrics-port", "70000"],
         ["bench", "--concurrency", "1", BIG],
         ["bench", "--rate", BIG],
         ["bench", "--duration", "inf"],
