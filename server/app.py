@@ -208,8 +208,14 @@ async def start_server(
             interceptors=interceptors, options=[("grpc.so_reuseport", 1 if settings.server.reuse_port else 0)]
         )
         service = RecommenderService(
-            Recommender(settings, index, policies), store, settings.join, settings.server.decide_threads, metrics
+            Recommender(settings, index, policies),
+            store,
+            settings.join,
+            settings.server.decide_threads,
+            metrics,
+            settings.server.max_in_flight,
         )
+        metrics.in_flight.set_function(lambda: service.in_flight)
         add_recommender_to_server(service, server)  # undecodable requests get INVALID_ARGUMENT, not UNKNOWN
         admin = AdminService()
         add_recommender_to_server(admin, server, "Admin")

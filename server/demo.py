@@ -215,7 +215,13 @@ def _settings(root: Path, config: DemoConfig) -> Settings:
         settings,
         index=root / "index",
         data_dir=root / "redis",
-        server=replace(settings.server, port=0, refresh_interval_s=0.5, event_id_seed=config.seed),
+        server=replace(
+            settings.server,
+            port=0,
+            refresh_interval_s=0.5,
+            event_id_seed=config.seed,
+            max_in_flight=max(settings.server.max_in_flight, config.concurrency),  # every user's call is taken
+        ),
         join=replace(settings.join, reward_window_s=config.reward_window_s, poll_interval_s=0.1),
         export=replace(settings.export, log_dir=root / "logs", flush_interval_s=1.0),
     )

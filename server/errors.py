@@ -29,6 +29,12 @@ class FailedPrecondition(ScoutError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Overloaded(ScoutError):
+    """The server has as many calls in flight as it takes; the caller should retry after a backoff."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(ScoutError):
     """A dependency (Redis) cannot be reached; the caller may retry."""
 

@@ -9,6 +9,7 @@ counted without touching the handlers.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 import urllib.request
@@ -57,6 +58,7 @@ class Metrics:
             ["experiment"],
             registry=r,
         )
+        self.in_flight = Gauge("scout_recommend_in_flight", "Recommend calls admitted and not yet answered", registry=r)
         self.rewards = Counter(
             "scout_rewards", "Rewards received, by outcome (accepted, duplicate, late)", ["outcome"], registry=r
         )
@@ -188,10 +190,15 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, worker: str | None = None) -> None:
         self.metrics, self.worker = metrics, worker
 
-    def _observe(self, method: str, context: Any, started: float, failed: bool) -> None:
+    def _observe(self, method: str, context: Any, started: float, outcome: str) -> None:
+        """Count and time one RPC; ``outcome`` is ``returned``, ``raised`` or ``cancelled`` (by gRPC)."""
         code = context.code()
-        if code is None:
-            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        if code is None and outcome == "cancelled":  # the deadline passed or the client cancelled; no code is set
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        elif code is None:
+            code = grpc.StatusCode.OK if outcome == "returned" else grpc.StatusCode.UNKNOWN
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.requests.labels(method, name).inc()
         self.metrics.latency.labels(method, name).observe(time.perf_counter() - started)
@@ -210,13 +217,16 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             inner: Any = handler.stream_unary
 
             async def timed_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                (started, token), failed = _start(context, self.worker), True
+                (started, token), outcome = _start(context, self.worker), "raised"
                 try:
                     response = await inner(requests, context)
-                    failed = False
+                    outcome = "returned"
                     return response
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
+                    raise
                 finally:
-                    self._observe(method, context, started, failed)
+                    self._observe(method, context, started, outcome)
                     request_id.reset(token)
 
             return grpc.stream_unary_rpc_method_handler(
@@ -225,13 +235,16 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         unary: Any = handler.unary_unary
 
         async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            (started, token), failed = _start(context, self.worker), True
+            (started, token), outcome = _start(context, self.worker), "raised"
             try:
                 response = await unary(request, context)
-                failed = False
+                outcome = "returned"
                 return response
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
             finally:
-                self._observe(method, context, started, failed)
+                self._observe(method, context, started, outcome)
                 request_id.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(timed, handler.request_deserializer, handler.response_serializer)

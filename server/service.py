@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import redis
 
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, ScoutError
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, Overloaded, ScoutError
 from server.metrics import Metrics
 from server.pb import scout_pb2, scout_pb2_grpc
 from server.recommender import Recommender, RecommendInput
@@ -30,6 +30,10 @@ Response = TypeVar("Response")
 MAX_STREAM_REWARDS = 10_000
 #: A decision is logged only if at least this long remains of the client's deadline after recording it.
 DEADLINE_MARGIN_S = 0.005
+
+
+#: How an overload refusal's message begins (clients retry it after a backoff; see the README's "Overload").
+OVERLOADED = "overloaded:"
 
 
 #: An outage's per-request log lines: at most one per kind this often (every failed request still counts in metrics).
@@ -120,8 +124,11 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
         join: JoinSettings,
         workers: int = 2,
         metrics: Metrics | None = None,
+        max_in_flight: int = 64,
     ) -> None:
         self.recommender, self.store, self.join, self.metrics = recommender, store, join, metrics
+        #: Recommend calls admitted and not yet answered; one past ``max_in_flight`` is refused (RESOURCE_EXHAUSTED).
+        self.in_flight, self.max_in_flight = 0, max_in_flight
         #: What this process served and recorded since it started (the Admin service reports them).
         self.counters: collections.Counter[str] = collections.Counter()
         # Ranking runs here, off the event loop; few threads, so the loop keeps its turn at the GIL.
@@ -133,7 +140,26 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
     async def Recommend(  # noqa: N802 - gRPC method name
         self, request: scout_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> scout_pb2.RecommendResponse:
-        """Assign, retrieve, rank (on a worker thread), log the decision unless the client is gone, answer."""
+        """Refuse past ``max_in_flight``; otherwise decide, log and answer (see :meth:`_recommend`)."""
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(
+                f"{OVERLOADED} {self.max_in_flight} Recommend calls in flight in this process (server.max_in_flight); "
+                "retry after a backoff"
+            )
+        self.in_flight += 1
+        try:
+            return await self._recommend(request, context)
+        finally:
+            self.in_flight -= 1
+
+    async def _recommend(
+        self, request: scout_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> scout_pb2.RecommendResponse:
+        """Assign, retrieve, rank (on a worker thread), log the decision unless the client is gone, answer.
+
+        A call whose deadline passes while it waits for a decide thread is cancelled by gRPC, and its queued
+        decision with it (the executor's future is cancelled before it runs).
+        """
         decision = await asyncio.get_running_loop().run_in_executor(
             self.executor,
             self.recommender.decide,

@@ -212,6 +212,7 @@ class ServerSettings:
     refresh_interval_s: PositiveFloat
     health_interval_s: PositiveFloat = 0.5
     decide_threads: Annotated[int, Bounds(ge=1, le=64)] = 2
+    max_in_flight: Annotated[int, Bounds(ge=1, le=100_000)] = 64
     event_id_seed: Annotated[int, Bounds(ge=0)] | None = None
     index_watch_interval_s: PositiveFloat = 2.0
     config_watch_interval_s: PositiveFloat = 2.0

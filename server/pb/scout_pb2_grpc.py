@@ -63,6 +63,8 @@ class RecommenderServicer:
 
     def Recommend(self, request, context):
         """Assign the unit to a variant, retrieve candidates, rank them into a slate and log the decision.
+        RESOURCE_EXHAUSTED with a message starting "overloaded:" means the server holds as many calls as it takes:
+        nothing was decided or logged; retry after a backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import psutil
 import pytest
+from conftest import make_settings, run_server
 
 from server import bench
 
@@ -54,11 +56,19 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
     assert "ratio" in bench.table(results) and "bg ms/req" in bench.table(results)
 
 
-def test_an_open_loop_beyond_capacity_reports_what_was_served(scout, index_dir) -> None:
+def test_an_open_loop_beyond_capacity_reports_what_was_served(index_dir, clean_redis, tmp_path) -> None:
     """The rate asked for is not the rate served: req/s counted OK answers by due time, so above capacity it showed
     the offered load (746 req/s reported at --rate 1000 against a capacity near 680)."""
-    spec = bench.LoadSpec(rate=5000.0, duration_s=0.3, warmup_s=0.0, context_keys=("mobile",), timeout_s=60.0)
-    report = asyncio.run(bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir)))
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    settings = replace(settings, server=replace(settings.server, max_in_flight=100_000))  # no call refused
+    running, thread = run_server(settings, background=False)
+    try:
+        spec = bench.LoadSpec(rate=5000.0, duration_s=0.3, warmup_s=0.0, context_keys=("mobile",), timeout_s=60.0)
+        report = asyncio.run(bench.run_load(running.target, spec, bench.catalog_item_ids(index_dir)))
+    finally:
+        running.stop()
+        running.loop.call_soon_threadsafe(running.loop.stop)
+        thread.join(timeout=10)
     assert report.ok == report.requests and report.throughput == pytest.approx(5000, rel=0.05)
     assert report.served_per_s < 0.5 * report.throughput, (report.served_per_s, report.throughput)
     assert f"{report.served_per_s:9.1f}" in bench.table([{"level": "r5000", "scout": report}])

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from conftest import make_settings
+from relay import StallingRelay
 
 import server.exporter as exporter_module
 from embeddings.index import IndexArtifact
@@ -201,43 +201,6 @@ def _exported_ids(log_dir: Path) -> list[str]:
     return [e for f in log_dir.rglob("*.parquet") for e in pq.read_table(f).column("event_id").to_pylist()]
 
 
-class _StallingRelay:
-    """A TCP relay to Redis that can hold back Redis's replies to one client: a process that stalls (a pause, a long
-    GC, a descheduled VM) after Redis ran its command and before it saw the answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = urllib.parse.urlparse(url)
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.held = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.url.scheme == "unix":
-            redis_r, redis_w = await asyncio.open_unix_connection(self.url.path)
-        else:
-            redis_r, redis_w = await asyncio.open_connection(self.url.hostname, self.url.port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
-            while data := await src.read(65536):
-                if replies and not self.flowing.is_set():
-                    self.held += 1
-                    await self.flowing.wait()
-                dst.write(data)
-                await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True), return_exceptions=True)
-
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
 def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_twice(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -250,7 +213,7 @@ def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_t
     async def scenario() -> tuple[Exporter, Exporter]:
         store = Store(aioredis.Redis.from_url(clean_redis))
         await _joined(store, records)
-        relay = _StallingRelay(clean_redis)
+        relay = StallingRelay(clean_redis)
         owner = Exporter(Store(aioredis.Redis.from_url(await relay.start())), export, "owner-1")
         await owner._prepare()
         await owner.poll()

@@ -16,6 +16,16 @@ T = TypeVar("T")
 #: Most rewards one RewardStream call may carry (the server's limit).
 MAX_STREAM_REWARDS = 10_000
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+#: How a server's overload refusal (RESOURCE_EXHAUSTED, nothing done) begins; a request over the size limit does not.
+OVERLOADED = "overloaded:"
+
+
+def retryable(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE, or RESOURCE_EXHAUSTED from a server refusing calls past ``server.max_in_flight``."""
+    code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return (exc.details() or "").startswith(OVERLOADED)
+    return bool(code == grpc.StatusCode.UNAVAILABLE)
 
 
 class ScoutClient:
@@ -35,9 +45,11 @@ class ScoutClient:
     timeout_s
         Deadline of each call, unless a call gives its own.
     retries
-        Extra attempts after UNAVAILABLE (Redis or the server briefly down), with jittered exponential backoff
-        from ``backoff_s``. Rewards are idempotent per (event, item), so retrying them is always safe; a retried
-        Recommend is a new decision (the first may have been logged without reaching you, see the README).
+        Extra attempts after UNAVAILABLE (Redis or the server briefly down) or an overloaded server's
+        RESOURCE_EXHAUSTED (a call refused past ``server.max_in_flight``, nothing decided), with jittered
+        exponential backoff from ``backoff_s``. Rewards are idempotent per (event, item), so retrying them is
+        always safe; a retried Recommend is a new decision (the first may have been logged without reaching you,
+        see the README).
     """
 
     def __init__(
@@ -81,7 +93,7 @@ class ScoutClient:
             try:
                 return call()
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if not retryable(exc) or attempt == self.retries:
                     raise
                 time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
         raise AssertionError("unreachable")
