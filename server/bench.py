@@ -41,6 +41,8 @@ from server.pb import scout_pb2, scout_pb2_grpc
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 #: Most client channels (TCP connections) one load run opens.
 MAX_CHANNELS = 256
+#: An open loop whose p99 send lag exceeds this (ms) did not keep its schedule; the table adds a note.
+SEND_LAG_WARN_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class LoadReport:
     served_per_s: float | None = None
     #: The 1-minute load average when the run started and when it ended.
     load_average: tuple[float, float] | None = None
+    #: Open loop: how late the load generator sent requests after their due times (p50, p99, max, in ms). Past
+    #: :data:`SEND_LAG_WARN_MS` it could not keep its schedule, and the table says so (see :func:`table`).
+    send_lag_ms: dict[str, float] | None = None
     latencies_ms: list[float] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -179,6 +184,7 @@ class _Recorder:
         self.codes: Counter[str] = Counter()
         self.reward_codes: Counter[str] = Counter()
         self.last_done = measure_from
+        self.send_lags: list[float] = []
 
     def counts(self, started: float) -> bool:
         return self.measure_from <= started < self.measure_to
@@ -195,6 +201,8 @@ async def _call(
 ) -> None:
     code = "OK"
     reply = None
+    if recorder.counts(intended):
+        recorder.send_lags.append((time.perf_counter() - intended) * 1000.0)
     try:
         reply = await stub.Recommend(request, timeout=spec.timeout_s, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
@@ -218,6 +226,11 @@ async def _call(
             reward_code = exc.code().name
         if counted:
             recorder.reward_codes[reward_code] += 1
+
+
+def _lag_summary(lags: Sequence[float]) -> dict[str, float]:
+    p50, p99 = np.percentile(lags, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "max": float(max(lags))}
 
 
 def _cpu_seconds(pids: Sequence[int]) -> float | None:
@@ -330,6 +343,7 @@ async def run_load(
         background_cpu_s_per_request=used[1],
         served_per_s=served,
         load_average=(load_start, os.getloadavg()[0]),
+        send_lag_ms=_lag_summary(recorder.send_lags) if spec.rate is not None and recorder.send_lags else None,
         latencies_ms=recorder.latencies,
     )
 
@@ -602,8 +616,10 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     """A terminal table: one row per level and server, then the ratios.
 
     An open loop's req/s is what was served (OK answers over the time from the first due request to the last
-    answer), which falls below the asked rate when the server cannot keep up.
+    answer), which falls below the asked rate when the server cannot keep up. A note follows for each open-loop
+    run whose load generator fell behind its schedule (p99 send lag over :data:`SEND_LAG_WARN_MS`).
     """
+    notes: list[str] = []
     rows = [f"{'level':>6} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
             f"{'cpu ms/req':>10} {'bg ms/req':>9} errors"]  # fmt: skip
     for level in results:
@@ -620,13 +636,20 @@ def table(results: Sequence[dict[str, Any]]) -> str:
                 f"{level['level']:>6} {name:>6} {_served(r):9.1f} {lat['p50']:8.2f} {lat['p90']:8.2f} "
                 f"{lat['p99']:8.2f} {lat['p99.9']:9.2f} {cpu:>10} {bg:>9} {dict(r.errors) or 0}"
             )
+            lag = r.send_lag_ms
+            if lag is not None and lag["p99"] > SEND_LAG_WARN_MS:
+                notes.append(
+                    f"{level['level']} {name}: the load generator sent requests up to {lag['p99']:.0f} ms (p99) after "
+                    "their due times, so it offered less than the rate asked: it shares the CPU with the server, or "
+                    "its own loop is full. Latencies still count from the due times."
+                )
         if "ratios" in level:
             ratios = level["ratios"]
             rows.append(
                 f"{level['level']:>6} {'ratio':>6} {ratios['throughput'] or float('nan'):9.2f} {ratios['p50']:8.2f} "
                 f"{'':>8} {ratios['p99']:8.2f}   (scout / echo)"
             )
-    return "\n".join(rows)
+    return "\n".join(rows + [f"note: {note}" for note in notes])
 
 
 def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) -> list[Path]:

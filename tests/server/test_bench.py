@@ -43,6 +43,9 @@ def test_compare_measures_scout_and_the_echo(scout, index_dir, tmp_path) -> None
     open_loop = results[2]["scout"]
     assert open_loop.mode == "open" and abs(open_loop.requests - 30) <= 2  # the schedule, not the answers, sets it
     assert open_loop.served_per_s == pytest.approx(50, rel=0.3)  # it keeps up
+    lag = open_loop.send_lag_ms
+    assert lag is not None and 0 <= lag["p50"] <= lag["p99"] <= lag["max"]
+    assert results[0]["scout"].send_lag_ms is None  # a closed loop has no schedule
     assert all(len(level["scout"].load_average) == 2 for level in results)  # at the start and at the end
     # The echo answers with the bytes of a real response of the same shape (sizes vary a little with the variant).
     assert 0.8 < results[0]["response_bytes"] / len(bench.sample_response(scout.target, base, item_ids)) < 1.25
@@ -72,6 +75,29 @@ def test_an_open_loop_beyond_capacity_reports_what_was_served(index_dir, clean_r
     assert report.ok == report.requests and report.throughput == pytest.approx(5000, rel=0.05)
     assert report.served_per_s < 0.5 * report.throughput, (report.served_per_s, report.throughput)
     assert f"{report.served_per_s:9.1f}" in bench.table([{"level": "r5000", "scout": report}])
+
+
+def test_a_load_generator_that_falls_behind_its_schedule_says_so(scout, index_dir) -> None:
+    # An open loop measures latency from each request's due time, so a generator starved of CPU still reports
+    # honest latencies, but it offered less than the rate asked and nothing said so: at --rate 1500 on 2 cores
+    # the bench's own loop was the bottleneck (py-spy: busy 100%) while the servers' decide threads sat idle.
+    async def starved() -> bench.LoadReport:
+        async def hog() -> None:
+            while True:
+                time.sleep(0.04)  # the generator's loop is busy elsewhere for 40 ms at a time
+                await asyncio.sleep(0.005)
+
+        hogging = asyncio.create_task(hog())
+        try:
+            spec = bench.LoadSpec(rate=200.0, duration_s=0.8, warmup_s=0.0, context_keys=("mobile",))
+            return await bench.run_load(scout.target, spec, bench.catalog_item_ids(index_dir))
+        finally:
+            hogging.cancel()
+
+    report = asyncio.run(starved())
+    assert report.send_lag_ms is not None and report.send_lag_ms["p99"] > bench.SEND_LAG_WARN_MS
+    assert report.latency_ms["p99"] >= report.send_lag_ms["p99"] * 0.9  # the lag is charged to the requests
+    assert "the load generator sent requests up to" in bench.table([{"level": "r200", "scout": report}])
 
 
 def test_errors_are_counted_by_status_code(scout, index_dir) -> None:
