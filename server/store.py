@@ -591,25 +591,24 @@ class Store:
         Exporters hold entries until a file rolls (``export.flush_interval_s``), so it normally stays below that;
         it grows without bound while no exporter can write (a full disk, a dead worker, none started).
         """
-        lag = 0.0
-        for stream in self.joined_keys:
-            try:
-                summary: Any = await self.client.xpending(stream, group)
-                groups: Any = await self.client.xinfo_groups(stream)
-            except redis.ResponseError:  # no stream (nothing joined), or no exporter yet: all of it waits
-                first: Any = await self.client.xrange(stream, count=1)
-                if first:
-                    lag = max(lag, (now_ms() - stream_id(_bytes(first[0][0]).decode())[0]) / 1000)
-                continue
-            oldest = summary["min"] if summary["pending"] else None
-            if oldest is None:  # none read and unacknowledged: the first entry the group has not read yet
-                names = (group, group.encode())
-                last = next((g["last-delivered-id"] for g in groups if g["name"] in names), None)
-                after: Any = await self.client.xrange(stream, min=b"(" + _bytes(last), count=1) if last else []
-                oldest = after[0][0] if after else None
-            if oldest is not None:
-                lag = max(lag, (now_ms() - stream_id(_bytes(oldest).decode())[0]) / 1000)
-        return lag
+        lags = await asyncio.gather(*(self._export_lag(stream, group) for stream in self.joined_keys))
+        return max(lags, default=0.0)
+
+    async def _export_lag(self, stream: str, group: str) -> float:
+        """:meth:`export_lag` of one shard's joined stream (the shards are read concurrently)."""
+        try:
+            summary: Any = await self.client.xpending(stream, group)
+            groups: Any = await self.client.xinfo_groups(stream)
+        except redis.ResponseError:  # no stream (nothing joined), or no exporter yet: all of it waits
+            first: Any = await self.client.xrange(stream, count=1)
+            return (now_ms() - stream_id(_bytes(first[0][0]).decode())[0]) / 1000 if first else 0.0
+        oldest = summary["min"] if summary["pending"] else None
+        if oldest is None:  # none read and unacknowledged: the first entry the group has not read yet
+            names = (group, group.encode())
+            last = next((g["last-delivered-id"] for g in groups if g["name"] in names), None)
+            after: Any = await self.client.xrange(stream, min=b"(" + _bytes(last), count=1) if last else []
+            oldest = after[0][0] if after else None
+        return 0.0 if oldest is None else (now_ms() - stream_id(_bytes(oldest).decode())[0]) / 1000
 
     async def set_paused(self, experiment: str, variant: str, paused: bool) -> None:
         """Pause (or resume) a variant for every process sharing this Redis."""

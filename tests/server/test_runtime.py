@@ -671,10 +671,15 @@ def test_export_lag_is_the_wait_of_the_oldest_decision_not_yet_exported(clean_re
         await store.client.xreadgroup("exporter", "x", {stream: ">"})
         await store.client.xack(stream, "exporter", f"{now - 30_000}-0")
         lags.append(await store.export_lag())  # all exported
+        sharded = Store(store.client, shards=3)  # the worst shard's wait (the shards are read concurrently)
+        for shard, age_s in ((0, 100), (2, 200)):
+            await store.client.xadd(sharded.joined_keys[shard], {"event_id": f"s{age_s}"}, id=f"{now - age_s * 1000}-0")
+        lags.append(await sharded.export_lag())
         await store.client.aclose()
         return lags
 
     lags = asyncio.run(scenario())
     assert lags[0] == 0 and lags[5] == 0, lags
+    assert 200 <= lags[6] < 205, lags
     for lag, age in zip(lags[1:5], (120, 120, 120, 30), strict=True):
         assert age <= lag < age + 5, lags
