@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import random
 import time
 import urllib.request
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -171,6 +172,12 @@ def _method_name(full: str) -> str:
     return full.lstrip("/") or "unknown"
 
 
+#: Generated request ids need to be unique, not unguessable: drawn without a syscall on the event loop per call
+#: (``uuid.uuid4`` reads os.urandom, which lets go of the GIL: getting it back from a decide thread can take a
+#: switch interval, 5 ms).
+_request_ids = random.Random(int.from_bytes(os.urandom(16), "big"))
+
+
 def _start(context: Any, worker: str | None) -> tuple[float, contextvars.Token[str]]:
     """Set this RPC's request id (the caller's ``x-request-id`` or a new one); echo it (and the worker index)."""
     rid = ""
@@ -178,7 +185,7 @@ def _start(context: Any, worker: str | None) -> tuple[float, contextvars.Token[s
         if key == REQUEST_ID_KEY:
             rid = (value if isinstance(value, str) else value.decode("latin-1"))[:MAX_REQUEST_ID_CHARS]
             break
-    rid = rid or uuid.uuid4().hex[:16]
+    rid = rid or f"{_request_ids.getrandbits(64):016x}"
     trailing = ((REQUEST_ID_KEY, rid),) if worker is None else ((REQUEST_ID_KEY, rid), (WORKER_KEY, worker))
     context.set_trailing_metadata(trailing)
     return time.perf_counter(), request_id.set(rid)
