@@ -172,6 +172,9 @@ def _method_name(full: str) -> str:
     return full.lstrip("/") or "unknown"
 
 
+#: A call cancelled with less than this left of its deadline counts as DEADLINE_EXCEEDED: the server's deadline
+#: runs later than the client's by the request's transit, so the client's own timer often cancels the call first.
+DEADLINE_SLACK_S = 0.05
 #: Generated request ids need to be unique, not unguessable: drawn without a syscall on the event loop per call
 #: (``uuid.uuid4`` reads os.urandom, which lets go of the GIL: getting it back from a decide thread can take a
 #: switch interval, 5 ms).
@@ -202,7 +205,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         code = context.code()
         if code is None and outcome == "cancelled":  # the deadline passed or the client cancelled; no code is set
             remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
         elif code is None:
             code = grpc.StatusCode.OK if outcome == "returned" else grpc.StatusCode.UNKNOWN

@@ -142,6 +142,9 @@ class RecommenderService(scout_pb2_grpc.RecommenderServicer):
     ) -> scout_pb2.RecommendResponse:
         """Refuse past ``max_in_flight``; otherwise decide, log and answer (see :meth:`_recommend`)."""
         if self.in_flight >= self.max_in_flight:
+            _log_outage(
+                logging.WARNING, "overloaded", "Recommend: %d calls in flight; refusing more", self.max_in_flight
+            )
             raise Overloaded(
                 f"{OVERLOADED} {self.max_in_flight} Recommend calls in flight in this process (server.max_in_flight); "
                 "retry after a backoff"
