@@ -4,6 +4,7 @@ loses none of those it took; calls that gRPC cancels are counted as what they we
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -72,7 +73,11 @@ def metric(port: int, line_start: str) -> float:
 
 
 def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_logged(
-    index_dir: Path, clean_redis: str, tmp_path: Path, relay_loop: asyncio.AbstractEventLoop
+    index_dir: Path,
+    clean_redis: str,
+    tmp_path: Path,
+    relay_loop: asyncio.AbstractEventLoop,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Under an open-loop overload the old server queued every call: at 600 req/s against about 200 it answered
     # 1 in 12,000 within the bench's 5 s deadline (the queue's wait passed the deadline of all the others).
@@ -126,6 +131,8 @@ def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_lo
     logged = {m.decode() for key in running.server.store.due_keys for m in store.zrange(key, 0, -1)}  # no joiner
     assert {reply.event_id for reply in answered} <= logged
     assert len(logged) == 5  # warm, the two held, the client's, after: the refused calls logged nothing
+    refusals = [r for r in caplog.records if "calls in flight; refusing more" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING  # once per interval, not per call
 
 
 def test_calls_cancelled_at_their_deadline_count_as_deadline_exceeded_not_unknown(
