@@ -25,14 +25,15 @@ from server.pb import scout_pb2, scout_pb2_grpc
 CLIENTS = Path(__file__).parents[2] / "clients" / "python"
 #: The Python client in a process of its own (its generated code and the server's cannot share a process).
 #: "wait": import everything, then wait for a line on stdin before calling (so the call lands while calls are held);
-#: "big": a request over gRPC's 4 MB limit, whose RESOURCE_EXHAUSTED is not an overload and is not retried.
+#: "big": a request over gRPC's 4 MB limit, whose RESOURCE_EXHAUSTED is not an overload and is not retried;
+#: "budget": as "wait" with a 0.5 s timeout, which its retries must keep to.
 CLIENT_SCRIPT = """
 import sys, time
 from scout_client import ScoutClient
 target, mode = sys.argv[1], sys.argv[2]
-with ScoutClient(target, timeout_s=30, retries=8, backoff_s=0.1) as client:
-    seeds = ["item-0000001"] if mode == "wait" else ["x" * 500] * 10_000
-    if mode == "wait":
+with ScoutClient(target, timeout_s=0.5 if mode == "budget" else 30, retries=8, backoff_s=0.1) as client:
+    seeds = ["x" * 500] * 10_000 if mode == "big" else ["item-0000001"]
+    if mode != "big":
         sys.stdin.readline()
     started = time.monotonic()
     try:
@@ -91,8 +92,11 @@ def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_lo
     command, env = _client(running.target, "big")
     big = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env).stdout.split()
     assert big[0] == "RESOURCE_EXHAUSTED" and float(big[1]) < 5, big  # gRPC's own: not retried (8 tries >= 12 s)
-    command, env = _client(running.target, "wait")
-    client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    clients = {}
+    for mode in ("wait", "budget"):
+        command, env = _client(running.target, mode)
+        clients[mode] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    client, budget = clients["wait"], clients["budget"]
     try:
         with grpc.insecure_channel(running.target) as channel:
             stub = scout_pb2_grpc.RecommenderStub(channel)
@@ -112,10 +116,16 @@ def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_lo
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = refused.value.details() or ""
             assert details.startswith("overloaded: 2 Recommend calls in flight") and "server.max_in_flight" in details
+            budget_out = budget.communicate("go\n", timeout=60)[0].split()
+            # retried while refused, then gave up within its 0.5 s (the retries alone would take >= 12 s)
+            assert budget_out[0] in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED") and float(budget_out[1]) < 1.5
+            refused_so_far = metric(port, RECOMMEND_CALLS % "RESOURCE_EXHAUSTED")
             assert client.stdin is not None
             client.stdin.write("go\n")
             client.stdin.flush()
-            wait_for(lambda: metric(port, RECOMMEND_CALLS % "RESOURCE_EXHAUSTED") >= 2, "the client's call refused")
+            wait_for(
+                lambda: metric(port, RECOMMEND_CALLS % "RESOURCE_EXHAUSTED") > refused_so_far, "the client refused"
+            )
             relay_loop.call_soon_threadsafe(relay.flowing.set)
             answered = [future.result(timeout=60) for future in held]
             assert client.communicate(timeout=60)[0].strip() == "4"  # the client retried the refusal with backoff
@@ -125,7 +135,8 @@ def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_lo
             assert service.in_flight == 0
     finally:
         relay_loop.call_soon_threadsafe(relay.flowing.set)
-        client.kill()
+        for process in clients.values():
+            process.kill()
         _stop(running, thread)
     store = redis.Redis.from_url(clean_redis)
     logged = {m.decode() for key in running.server.store.due_keys for m in store.zrange(key, 0, -1)}  # no joiner

@@ -43,7 +43,7 @@ class ScoutClient:
     tls
         Use TLS even without ``root_certificates``.
     timeout_s
-        Deadline of each call, unless a call gives its own.
+        Deadline of each call, unless a call gives its own; retries come out of it (no attempt starts after it).
     retries
         Extra attempts after UNAVAILABLE (Redis or the server briefly down) or an overloaded server's
         RESOURCE_EXHAUSTED (a call refused past ``server.max_in_flight``, nothing decided), with jittered
@@ -88,14 +88,17 @@ class ScoutClient:
         """Close the channel."""
         self.channel.close()
 
-    def _retry(self, call: Callable[[], T]) -> T:
+    def _retry(self, call: Callable[[float], T], timeout_s: float) -> T:
+        """``call(seconds left)`` until it succeeds, fails for good, runs out of retries or of ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
         for attempt in range(self.retries + 1):
             try:
-                return call()
+                return call(max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as exc:
-                if not retryable(exc) or attempt == self.retries:
+                pause = self.backoff_s * 2**attempt * (0.5 + random.random())
+                if not retryable(exc) or attempt == self.retries or time.monotonic() + pause >= deadline:
                     raise
-                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+                time.sleep(pause)
         raise AssertionError("unreachable")
 
     def recommend(
@@ -117,8 +120,10 @@ class ScoutClient:
             seed_item_ids=list(seed_item_ids),
             exclude_item_ids=list(exclude_item_ids),
         )
-        timeout = timeout_s or self.timeout_s
-        return self._retry(lambda: self.recommender.Recommend(request, timeout=timeout, metadata=self.metadata))
+        return self._retry(
+            lambda left: self.recommender.Recommend(request, timeout=left, metadata=self.metadata),
+            timeout_s or self.timeout_s,
+        )
 
     def reward(self, event_id: str, item_id: str, value: float = 1.0, reward_id: str = "") -> scout_pb2.RewardResponse:
         """Record one reward; a repeat of a ``reward_id`` answers ``duplicate=True``.
@@ -127,7 +132,9 @@ class ScoutClient:
         default aggregation) a repeat for the same item is a duplicate anyway.
         """
         request = scout_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=value, reward_id=reward_id)
-        return self._retry(lambda: self.recommender.Reward(request, timeout=self.timeout_s, metadata=self.metadata))
+        return self._retry(
+            lambda left: self.recommender.Reward(request, timeout=left, metadata=self.metadata), self.timeout_s
+        )
 
     def reward_many(
         self, rewards: Iterable[tuple[str, str, float]], timeout_s: float | None = None
@@ -147,9 +154,10 @@ class ScoutClient:
             for attempt in range(self.retries + 1):
                 batch = [chunk[k] for k in todo]
                 response = self._retry(
-                    lambda batch=batch: self.recommender.RewardStream(
-                        iter(batch), timeout=timeout, metadata=self.metadata
-                    )  # type: ignore[misc]
+                    lambda left, batch=batch: self.recommender.RewardStream(  # type: ignore[misc]
+                        iter(batch), timeout=left, metadata=self.metadata
+                    ),
+                    timeout,
                 )
                 retry = []
                 for outcome in response.outcomes:
