@@ -666,6 +666,7 @@ def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) 
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:  # plots need the report extra; the JSON is complete without them
         return written
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
@@ -675,6 +676,8 @@ def save(results: Sequence[dict[str, Any]], out: Path, machine: dict[str, Any]) 
                 values = np.sort(np.asarray(level[name].latencies_ms))
                 ax.plot(values, np.arange(1, values.size + 1) / values.size, style, label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 10, not 10^1
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labelled every minor tick, overlapping
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(level["level"])
