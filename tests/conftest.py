@@ -94,11 +94,16 @@ def run_server(settings: Settings, background: bool = True) -> tuple[Running, th
     return Running(server, loop), thread
 
 
+def stop_server(running: Running, thread: threading.Thread) -> None:
+    """Stop a server from :func:`run_server` (unless it stopped itself), then its loop and thread."""
+    if not running.server.stop_event.is_set():
+        running.stop()
+    running.loop.call_soon_threadsafe(running.loop.stop)
+    thread.join(timeout=10)
+
+
 @pytest.fixture
 def scout(index_dir: Path, clean_redis: str, tmp_path: Path) -> Iterator[Running]:
     running, thread = run_server(make_settings(index_dir, clean_redis, tmp_path / "logs"))
     yield running
-    if running.server.stop_event.is_set() is False:
-        running.stop()
-    running.loop.call_soon_threadsafe(running.loop.stop)
-    thread.join(timeout=10)
+    stop_server(running, thread)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import psutil
 import pytest
-from conftest import make_settings, run_server
+from conftest import make_settings, run_server, stop_server
 
 from server import bench
 
@@ -69,9 +69,7 @@ def test_an_open_loop_beyond_capacity_reports_what_was_served(index_dir, clean_r
         spec = bench.LoadSpec(rate=5000.0, duration_s=0.3, warmup_s=0.0, context_keys=("mobile",), timeout_s=60.0)
         report = asyncio.run(bench.run_load(running.target, spec, bench.catalog_item_ids(index_dir)))
     finally:
-        running.stop()
-        running.loop.call_soon_threadsafe(running.loop.stop)
-        thread.join(timeout=10)
+        stop_server(running, thread)
     assert report.ok == report.requests and report.throughput == pytest.approx(5000, rel=0.05)
     assert report.served_per_s < 0.5 * report.throughput, (report.served_per_s, report.throughput)
     assert f"{report.served_per_s:9.1f}" in bench.table([{"level": "r5000", "scout": report}])

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from conftest import Running, make_settings, run_server
+from conftest import make_settings, run_server, stop_server
 from relay import StallingRelay
 
 from server.pb import scout_pb2, scout_pb2_grpc
@@ -137,7 +137,7 @@ def test_calls_past_max_in_flight_are_refused_at_once_and_those_taken_are_all_lo
         relay_loop.call_soon_threadsafe(relay.flowing.set)
         for process in clients.values():
             process.kill()
-        _stop(running, thread)
+        stop_server(running, thread)
     store = redis.Redis.from_url(clean_redis)
     logged = {m.decode() for key in running.server.store.due_keys for m in store.zrange(key, 0, -1)}  # no joiner
     assert {reply.event_id for reply in answered} <= logged
@@ -179,15 +179,9 @@ def test_calls_cancelled_at_their_deadline_count_as_deadline_exceeded_not_unknow
             assert service.in_flight == 0
     finally:
         relay_loop.call_soon_threadsafe(relay.flowing.set)
-        _stop(running, thread)
+        stop_server(running, thread)
 
 
 def _client(target: str, mode: str) -> tuple[list[str], dict[str, str]]:
     """The command running :data:`CLIENT_SCRIPT` in ``mode`` against ``target``, and its environment."""
     return [sys.executable, "-c", CLIENT_SCRIPT, target, mode], {"PYTHONPATH": str(CLIENTS)}
-
-
-def _stop(running: Running, thread: threading.Thread) -> None:
-    running.stop()
-    running.loop.call_soon_threadsafe(running.loop.stop)
-    thread.join(timeout=10)

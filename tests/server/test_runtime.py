@@ -244,15 +244,22 @@ def test_an_exporter_that_stalls_while_flushing_and_is_claimed_exports_nothing_t
     assert "exporter owner-1 was presumed dead (another exporter fenced" in caplog.text
 
 
+def _exporters(
+    index_dir: Path, clean_redis: str, tmp_path: Path, *names: str
+) -> tuple[Settings, Store, list[Exporter]]:
+    """Settings, a store and exporters of ``names`` sharing it (1 s TTL), for the fence tests."""
+    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
+    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
+    store = Store(aioredis.Redis.from_url(clean_redis))
+    return settings, store, [Exporter(store, export, name) for name in names]
+
+
 def test_a_claimer_fences_the_files_a_dead_exporter_was_writing(
     index_dir: Path, index: IndexArtifact, clean_redis: str, tmp_path: Path
 ) -> None:
     # A review found the first fence (an O_EXCL partial file) useless against an owner already writing: its
     # rename by name published the claimer's empty fence, then it acknowledged the entries the claimer had taken.
-    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
-    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
-    store = Store(aioredis.Redis.from_url(clean_redis))
-    owner, claimer = Exporter(store, export, "owner-1"), Exporter(store, export, "live-1")
+    settings, store, (owner, claimer) = _exporters(index_dir, clean_redis, tmp_path, "owner-1", "live-1")
     record = _decisions(settings, index, 1)[0]
     owner.buffer = {"1-0": record}
     table = owner.dataset.to_table([record])
@@ -292,10 +299,7 @@ def test_a_fence_is_never_removed_and_an_exporter_s_own_leftover_is_not_a_fence(
 ) -> None:
     # Review: a second claimer of the same path moved the first one's fence aside before placing its own, and an
     # owner waking in between published entries the first claimer had taken (8 rows for 4 decisions).
-    settings = make_settings(index_dir, clean_redis, tmp_path / "logs")
-    export = settings.export.__class__(tmp_path / "logs", 100, 60.0, consumer_ttl_s=1.0)
-    store = Store(aioredis.Redis.from_url(clean_redis))
-    owner, first, second = (Exporter(store, export, name) for name in ("owner-1", "a", "b"))
+    settings, store, (owner, first, second) = _exporters(index_dir, clean_redis, tmp_path, "owner-1", "a", "b")
     path = tmp_path / "logs" / "date=2026-01-01" / "part-1_0-owner-1.parquet"
     first._fence([str(path)])
     os.link(_staging(path), tmp_path / "first-fence")  # holds its inode, so a new file cannot reuse the number

@@ -96,6 +96,7 @@ def to_toml(raw: dict[str, Any]) -> str:
         ("colour = 1\n", "colour: unknown key"),
         ("[server]\nport = 99999\n", "server.port: must be an integer in 0..65535, got 99999"),
         ('[server]\nport = "x"\n', "server.port: must be an integer in 0..65535, got the string 'x'"),
+        ("[server]\nmax_in_flight = 0\n", "server.max_in_flight: must be an integer in 1..100000, got 0"),
         ("[join]\nreward_window_s = -1\n", "join.reward_window_s: must be a number > 0, got -1"),
         ("[join]\nbatch = 2.5\n", "join.batch: must be an integer > 0, got float 2.5"),
         ("[limits]\nmax_reward_abs = inf\n", "limits.max_reward_abs: must be a number > 0, got inf"),
